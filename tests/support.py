@@ -1,0 +1,166 @@
+"""Real nodes on loopback for the tests: configs, free ports, processes stopped by PID."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_next_host = itertools.count(2)
+
+
+def loopback_host() -> str:
+    """A fresh 127.0.0.x address, so nodes of one test are told apart by address too."""
+    return f"127.0.0.{next(_next_host) % 250 + 2}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_config(path: Path, nodes: dict[str, tuple[str, Path]], **cluster) -> Path:
+    """Write a cluster TOML: nodes maps name -> (url, root); cluster holds [cluster] keys."""
+    lines = ["[cluster]"] + [f"{k} = {toml_value(v)}" for k, v in cluster.items() if v is not None]
+    for name, (url, root) in nodes.items():
+        lines += ["", f"[nodes.{name}]", f"url = {toml_value(url)}", f"root = {toml_value(root)}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def server_command(server: str, config: Path, name: str, host: str, port: int, threads: int = 16) -> tuple[list[str], dict]:
+    """The command line and environment that run node `name` under `server`."""
+    env = dict(os.environ, WSGI_STREAM_CONFIG=str(config), WSGI_STREAM_NODE=name, PYTHONUNBUFFERED="1")
+    if server == "waitress":
+        cmd = [sys.executable, str(REPO / "serve.py"), "--config", str(config), "--node", name,
+               "--threads", str(threads)]
+    elif server == "uwsgi":
+        cmd = ["uwsgi", "--http-socket", f"{host}:{port}", "--module", "wsgi_stream.wsgi:application",
+               "--master", "--processes", "1", "--threads", str(threads), "--enable-threads",
+               "--die-on-term", "--need-app", "--chdir", str(REPO)]
+    elif server == "gunicorn":
+        cmd = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", str(threads), "-w", "1",
+               "-b", f"{host}:{port}", "--chdir", str(REPO), "wsgi_stream.wsgi:application"]
+    else:
+        raise ValueError(server)
+    return cmd, env
+
+
+@dataclass
+class NodeProcess:
+    """One running node: its name, URL, root and process."""
+
+    name: str
+    url: str
+    root: Path
+    host: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.name} exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"node {self.name} did not come up:\n{self.log()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def rss_peak_kib(self) -> int:
+        """VmHWM of the node's process, in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM")
+
+
+@dataclass
+class Cluster:
+    """Nodes sharing one config file."""
+
+    config_path: Path
+    nodes: dict[str, NodeProcess] = field(default_factory=dict)
+    token: str | None = None
+
+    def __getitem__(self, name: str) -> NodeProcess:
+        return self.nodes[name]
+
+    def url(self, name: str) -> str:
+        return self.nodes[name].url
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+def start_cluster(tmp_path: Path, names=("a", "b", "c"), *, server: str = "waitress", start=None,
+                  threads: int = 16, urls: dict[str, str] | None = None, **cluster_keys) -> Cluster:
+    """Write a config for `names` (roots under tmp_path) and start the nodes listed in `start`."""
+    tmp_path = Path(tmp_path)
+    specs = {}
+    for name in names:
+        host = loopback_host()
+        port = free_port(host)
+        url = (urls or {}).get(name, f"http://{host}:{port}")
+        root = tmp_path / f"root-{name}"
+        root.mkdir(parents=True, exist_ok=True)
+        specs[name] = (url, root, host, port)
+    config = write_config(tmp_path / "cluster.toml", {n: (u, r) for n, (u, r, _, _) in specs.items()},
+                          **cluster_keys)
+    result = Cluster(config, token=cluster_keys.get("token"))
+    for name, (url, root, host, port) in specs.items():
+        result.nodes[name] = NodeProcess(name, url, root, host, port, tmp_path / f"node-{name}.log")
+    for name in (names if start is None else start):
+        launch(result.nodes[name], config, server=server, threads=threads)
+    for name in (names if start is None else start):
+        result.nodes[name].wait_ready()
+    return result
+
+
+def launch(node: NodeProcess, config: Path, server: str = "waitress", threads: int = 16) -> NodeProcess:
+    """Start `node`'s process (its log goes to node.log_path)."""
+    cmd, env = server_command(server, config, node.name, node.host, node.port, threads)
+    log = open(node.log_path, "ab")
+    node.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return node
