@@ -43,12 +43,18 @@ def content_type(name: str) -> str:
     return mtype
 
 
+def _ascii(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return "".join(c if c.isprintable() and c not in '"\\' else "_" for c in text)
+
+
 def content_disposition(name: str) -> str:
     """`attachment` with an ASCII fallback name and the exact UTF-8 name (RFC 6266)."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    ascii_name = "".join(c if c.isprintable() and c not in '"\\' else "_" for c in ascii_name)
-    ascii_name = ascii_name.strip() or "download"
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+    stem, ext = os.path.splitext(name)
+    fallback = _ascii(name).strip()
+    if not _ascii(stem).strip(" ._"):  # nothing left of a non-Latin name but its extension
+        fallback = "download" + _ascii(ext)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def file_headers(name: str, st: os.stat_result) -> list[tuple[str, str]]:
@@ -206,7 +212,7 @@ def open_file(root, rel: str):
     path = resolve(root, rel)
     try:
         f = TrackedFile(path, "r")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+    except OSError:  # missing, a directory, unreadable, name too long: all the same to a client
         raise NotFound("No such file.") from None
     st = os.fstat(f.fileno())
     if not stat_mod.S_ISREG(st.st_mode):
