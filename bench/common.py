@@ -608,8 +608,9 @@ def print_table(title: str, header: list[str], rows: list[list[str]], notes: lis
 def result_cells(r: Result) -> list[str]:
     if not r.ok:
         return ["n/a", "n/a", "n/a"]
-    spread = f"{r.mbps:.0f} ({r.mbps_min:.0f}-{r.mbps_max:.0f})"
-    return [spread, _f(r.cpu_per_gib, ".2f"), _f(r.rss_mib, ".1f")]
+    d = ".0f" if r.mbps >= 20 else ".2f"
+    spread = f"{r.mbps:{d}} ({r.mbps_min:{d}}-{r.mbps_max:{d}})"
+    return [spread, _f(r.cpu_per_gib, ".2f" if (r.cpu_per_gib or 0) < 100 else ".0f"), _f(r.rss_mib, ".1f")]
 
 
 def error_notes(results: list[Result]) -> list[str]:

@@ -1,7 +1,8 @@
 """The "naive" references: what a quick blog recipe does, under waitress.
 
 forward mode: GET /<name> -> requests.get(UPSTREAM/<name>, stream=True) and
-    return r.iter_content()   (requests' default chunk_size, which is 1 byte)
+    return r.iter_content()   (requests' default chunk_size, which is 1 byte;
+    NAIVE_FORWARD_CHUNK=8192 gives the other common recipe, iter_content(8192))
 zip mode:     GET /<name> -> zipstream.ZipFile(mode="w", compression=ZIP_DEFLATED),
     one member per upstream, fed by requests' iter_content(chunk_size=ZIP_CHUNK)
 
@@ -16,6 +17,7 @@ import requests
 MODE = os.environ.get("NAIVE_MODE", "forward")
 UPSTREAMS = [u.rstrip("/") for u in os.environ.get("NAIVE_UPSTREAMS", "").split(",") if u]
 ZIP_CHUNK = int(os.environ.get("NAIVE_ZIP_CHUNK", "8192"))
+FORWARD_CHUNK = int(os.environ.get("NAIVE_FORWARD_CHUNK", "0"))  # 0: iter_content() default (1 byte)
 
 
 def forward(environ, start_response):
@@ -25,6 +27,8 @@ def forward(environ, start_response):
     if "Content-Length" in r.headers:
         headers.append(("Content-Length", r.headers["Content-Length"]))
     start_response(f"{r.status_code} {r.reason}", headers)
+    if FORWARD_CHUNK:
+        return r.iter_content(chunk_size=FORWARD_CHUNK)
     return r.iter_content()
 
 
