@@ -50,8 +50,9 @@ def server_command(server: str, config: Path, name: str, host: str, port: int, t
     """The command line and environment that run node `name` under `server`."""
     env = dict(os.environ, WSGI_STREAM_CONFIG=str(config), WSGI_STREAM_NODE=name, PYTHONUNBUFFERED="1")
     if server == "waitress":
+        # --listen: the node's url may point at a FaultProxy in front of it.
         cmd = [sys.executable, str(REPO / "serve.py"), "--config", str(config), "--node", name,
-               "--threads", str(threads)]
+               "--listen", f"{host}:{port}", "--threads", str(threads)]
     elif server == "uwsgi":
         cmd = ["uwsgi", "--http-socket", f"{host}:{port}", "--module", "wsgi_stream.wsgi:application",
                "--master", "--processes", "1", "--threads", str(threads), "--enable-threads",
