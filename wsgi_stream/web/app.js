@@ -179,9 +179,8 @@
       return el('span', { className: 'st-' + st.status, 'data-node': n }, text);
     });
     $('list-status').replaceChildren(...statuses);
-    $('folder-actions').replaceChildren(state.path
-      ? el('a', { className: 'zip-all', 'data-zip-path': state.path }, 'Download this folder from all nodes (ZIP)')
-      : el('span', {}));
+    $('folder-actions').replaceChildren(el('a', { className: 'zip-all', 'data-zip-path': state.path },
+      state.path ? 'Download this folder from all nodes (ZIP)' : 'Download everything from all nodes (ZIP)'));
     const entries = (data.entries || []).map((e) => renderEntry(e, order));
     if (!entries.length) entries.push(el('li', { className: 'empty' }, 'This folder is empty.'));
     $('entries').replaceChildren(...entries);
@@ -204,7 +203,7 @@
       // A folder from one node is that node's part of the cluster ZIP (/files/ serves files only).
       const href = isDir ? '/cluster/files/' + encodePath(entry.path) + '?nodes=' + encodeURIComponent(node)
         : fileUrl(node, entry.path);
-      const link = el('a', { href, className: 'dl', title: 'download from ' + node }, '⭳ ' + node);
+      const link = el('a', { href, className: 'dl', title: 'download from ' + node }, '↓ ' + node);
       const info = isDir ? ' ZIP' : ' · ' + humanSize(meta.size) + ' · ' + fmtTime(meta.mtime);
       return el('span', { className: 'chip', 'data-node': node }, link, info);
     });
@@ -230,7 +229,7 @@
         state.queue.push(job);
       }
     }
-    $('upload-form').reset();
+    $('upload-files').value = ''; // keep the chosen target nodes for the next batch
     runQueue();
   }
 

@@ -1,0 +1,291 @@
+"""The web page at GET /: static checks, its JS helpers, and end to end in headless Chromium
+against a real three-node cluster on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from web_support import (CHROMIUM, LAUNCH_ARGS, SCREENSHOT, WEB_DIR, requires_browser, seed,
+                         wait_for, zip_members)
+
+XSS_NAMES = ["<img src=x onerror=alert(1)>.txt", "<script>alert(2)<\\script>.txt"]  # "/" can't be in a file name
+UTF8_NAME = "grüße – 日本.txt"
+FILES = {
+    "a": {"hello.txt": b"hello from a\n", "logs/app.log": b"a log line\n" * 50, "logs/old/x.log": b"old a\n",
+          UTF8_NAME: "ünïcödé on a\n".encode(), XSS_NAMES[0]: b"xss a\n"},
+    "b": {"hello.txt": b"hello from b, longer\n", "logs/app.log": b"b log\n", XSS_NAMES[1]: b"xss b\n"},
+    "c": {"hello.txt": b"hello from c\n", UTF8_NAME: "ünïcödé on c\n".encode()},
+}
+SECRET = "s3cret"
+
+
+# ---- static checks: fast, no browser ----
+
+def test_web_files_are_shipped():
+    html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+    assert '<meta charset="utf-8">' in html
+    assert 'name="viewport"' in html  # usable at phone width
+    assert 'href="/static/app.css"' in html and 'src="/static/app.js"' in html
+    assert (WEB_DIR / "app.css").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["index.html", "app.css", "app.js"])
+def test_nothing_loaded_from_outside(name):
+    # Appliances are offline: no CDN fonts, scripts or styles.
+    text = (WEB_DIR / name).read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text, re.I)
+    assert not re.search(r"""url\(\s*["']?(https?:)?//|@import""", text, re.I)
+
+
+def test_script_never_writes_html():
+    js = (WEB_DIR / "app.js").read_text(encoding="utf-8")
+    # Names go in with textContent / append(string) only; these would parse data as HTML or code.
+    assert not re.search(r"\.(inner|outer)HTML|insertAdjacentHTML|document\.write|\beval\(|new Function", js)
+    assert len(js.splitlines()) <= 320
+
+
+# ---- browser fixtures ----
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=shutil.which(CHROMIUM) or CHROMIUM, args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """open_page(url, **context_options) -> a page; alert dialogs fail the test (injected HTML)."""
+    contexts = []
+
+    def opener(url, **options):
+        context = browser.new_context(accept_downloads=True, **options)
+        contexts.append(context)
+        page = context.new_page()
+        page.dialogs = []
+        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        page.goto(url)
+        return page
+
+    yield opener
+    for context in contexts:
+        context.close()
+
+
+def make_cluster(cluster_factory, **kwargs):
+    cluster = cluster_factory(names=("a", "b", "c"), **kwargs)
+    for name, files in FILES.items():
+        seed(cluster.nodes[name].root, files, mtime=1700000000.0)
+    return cluster
+
+
+def node_item(page, name, status):
+    return page.locator(f'#nodes li[data-node="{name}"][data-status="{status}"]')
+
+
+def entry(page, path):
+    return page.locator(f"#entries > li[data-path={json.dumps(path, ensure_ascii=False)}]")
+
+
+def download(page, link) -> tuple[str, bytes]:
+    with page.expect_download() as info:
+        link.click()
+    d = info.value
+    assert d.failure() is None
+    with open(d.path(), "rb") as f:
+        return d.suggested_filename, f.read()
+
+
+# ---- the JS helpers, in the browser without a server ----
+
+@requires_browser
+def test_js_helpers(browser):
+    page = browser.new_page()
+    try:
+        page.set_content("<!doctype html><title>t</title>")
+        page.add_script_tag(content=(WEB_DIR / "app.js").read_text(encoding="utf-8"))
+        ev = lambda expr: page.evaluate(f"(() => {{ const w = window.wsgiStream; return {expr}; }})()")
+        assert ev("w.encodePath('a b/#?%/ü&x')") == "a%20b/%23%3F%25/%C3%BC%26x"
+        assert ev("w.fileUrl('n 1', '/logs//grüße.txt')") == "/nodes/n%201/files/logs/gr%C3%BC%C3%9Fe.txt"
+        assert ev("w.pathFromHash(w.hashFromPath('dir #1/ü?'))") == "dir #1/ü?"
+        assert ev("w.pathFromHash('#/%E0%A4%A')") == "%E0%A4%A"  # broken escapes shown, not thrown
+        assert ev("w.zipUrl('logs', ['a','b','c'], ['a','b','c'])") == "/cluster/files/logs"
+        assert ev("w.zipUrl('a b', ['c','a'], ['a','b','c'])") == "/cluster/files/a%20b?nodes=a,c"
+        assert ev("[0, 1023, 1024, 1536, 10 * 1048576, 3 * 2 ** 40].map(w.humanSize)") == [
+            "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "10 MiB", "3.0 TiB"]
+        assert ev("w.errorMessage(413, JSON.stringify({error: 'too_large', message: 'Too big.'}))") == "Too big."
+        assert ev("w.errorMessage(502, '<html>bad gateway</html>')") == "HTTP 502"
+        assert ev("w.el('b', {}, '<script>x</script>').outerHTML") == "<b>&lt;script&gt;x&lt;/script&gt;</b>"
+    finally:
+        page.close()
+
+
+# ---- end to end ----
+
+@requires_browser
+def test_page_browse_download_upload_and_down(cluster_factory, open_page, tmp_path):
+    cluster = make_cluster(cluster_factory, uploads=True)
+    a = cluster.nodes["a"]
+    page = open_page(a.url + "/", viewport={"width": 1100, "height": 900})
+
+    # Nodes with their health, from the server's /api/nodes.
+    for name in "abc":
+        node_item(page, name, "ok").wait_for()
+    assert "this node" in node_item(page, "a", "ok").inner_text()
+
+    # Root listing: names shown literally (never parsed as HTML), UTF-8 intact.
+    page.locator("#entries > li").first.wait_for()
+    names = page.locator("#entries .name").all_inner_texts()
+    for name in XSS_NAMES + [UTF8_NAME, "hello.txt", "logs/"]:
+        assert name in names
+    assert page.locator("#entries img").count() == 0 and page.dialogs == []
+    hello = entry(page, "hello.txt")
+    assert hello.locator(".differs").count() == 1  # three different copies
+    assert "13 B" in hello.locator('.chip[data-node="a"]').inner_text()
+    assert "2023-11-1" in hello.locator('.chip[data-node="a"]').inner_text()  # local time of 1700000000
+    assert entry(page, UTF8_NAME).locator(".chip.absent").inner_text() == "b"
+
+    page.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # One file from one node: the plain link, the browser saves what the node sends.
+    fname, body = download(page, entry(page, UTF8_NAME).locator('.chip[data-node="c"] a'))
+    assert body == FILES["c"][UTF8_NAME] and fname == UTF8_NAME
+    _, body = download(page, entry(page, XSS_NAMES[1]).locator('.chip[data-node="b"] a'))
+    assert body == FILES["b"][XSS_NAMES[1]]
+
+    # Folders navigate, the path lives in the hash, the back button works.
+    entry(page, "logs").locator(".name a").click()
+    page.wait_for_url(re.compile(r"#/logs$"))
+    entry(page, "logs/app.log").wait_for()
+    assert page.locator("#crumbs").inner_text().endswith("logs")
+    _, body = download(page, entry(page, "logs/app.log").locator('.chip[data-node="b"] a'))
+    assert body == FILES["b"]["logs/app.log"]
+
+    # The folder from every node as one ZIP.
+    _, body = download(page, page.locator("#folder-actions a.zip-all"))
+    members = zip_members(body)
+    assert members["a/logs/app.log"] == FILES["a"]["logs/app.log"]
+    assert members["a/logs/old/x.log"] == FILES["a"]["logs/old/x.log"]
+    assert members["b/logs/app.log"] == FILES["b"]["logs/app.log"]
+    report = json.loads(members["_cluster.json"])
+    assert "c" in json.dumps(report)  # c lacks logs/: reported, not fatal
+
+    page.go_back()
+    assert "#/logs" not in page.url
+    entry(page, "hello.txt").wait_for()
+    page.go_forward()
+    entry(page, "logs/app.log").wait_for()
+    page.go_back()
+    entry(page, "hello.txt").wait_for()
+
+    # The node picker narrows "all nodes" ZIPs: without b.
+    page.locator('#pick input[value="b"]').uncheck()
+    link = entry(page, "hello.txt").locator("a.zip-all")
+    assert link.get_attribute("href") == "/cluster/files/hello.txt?nodes=a,c"
+    _, body = download(page, link)
+    members = zip_members(body)
+    assert members["a/hello.txt"] == FILES["a"]["hello.txt"]
+    assert members["c/hello.txt"] == FILES["c"]["hello.txt"]
+    assert not any(m.startswith("b/") for m in members)
+
+    # Upload into logs/ on node b (not this node): progress row done, file on b's disk.
+    page.goto(a.url + "/#/logs")
+    entry(page, "logs/app.log").wait_for()
+    page.locator("#upload").wait_for()
+    payload = "neu hochgeladen ✓\n".encode() * 1000
+    page.set_input_files("#upload-files", files=[{"name": "über.txt", "mimeType": "text/plain", "buffer": payload}])
+    page.locator('#targets input[value="a"]').uncheck()
+    page.locator('#targets input[value="b"]').check()
+    page.locator("#upload-go").click()
+    page.locator('#uploads li[data-node="b"][data-name="über.txt"][data-state="done"]').wait_for()
+    assert page.locator('#uploads li[data-node="b"] progress').evaluate("p => p.value") == 1
+    assert (cluster.nodes["b"].root / "logs" / "über.txt").read_bytes() == payload
+    assert not (a.root / "logs" / "über.txt").exists()
+    entry(page, "logs/über.txt").locator('.chip[data-node="b"] a').wait_for()  # listing refreshed
+
+    # A node goes down: shown as down within a few polls, and in the listing after a refresh.
+    cluster.nodes["c"].stop()
+    node_item(page, "c", "down").wait_for(timeout=20000)
+    node_item(page, "a", "ok").wait_for()
+    page.locator("#refresh").click()
+    page.locator('#list-status .st-error[data-node="c"], #list-status .st-missing[data-node="c"]').wait_for()
+    page.screenshot(path=str(tmp_path / "screenshot-node-down.png"), full_page=True)
+    assert page.errors == [] and page.dialogs == []
+
+
+@requires_browser
+def test_upload_refusals_show_the_server_message(cluster_factory, open_page):
+    cluster = make_cluster(cluster_factory, uploads=True, max_upload_size=100)
+    page = open_page(cluster.nodes["a"].url + "/")
+    page.locator("#upload").wait_for()
+    page.set_input_files("#upload-files", files=[
+        {"name": "small.txt", "mimeType": "text/plain", "buffer": b"fits\n"},
+        {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": b"x" * 5000},
+    ])
+    page.locator("#upload-go").click()
+    page.locator('#uploads li[data-name="small.txt"][data-state="done"]').wait_for()
+    big = page.locator('#uploads li[data-name="big.bin"][data-state="error"]')
+    big.wait_for()
+    message = big.locator(".msg").inner_text()
+    assert message.startswith("refused (413): ") and len(message) > len("refused (413): ") + 5
+    assert (cluster.nodes["a"].root / "small.txt").read_bytes() == b"fits\n"
+    assert not (cluster.nodes["a"].root / "big.bin").exists()
+
+
+@requires_browser
+def test_no_upload_form_when_uploads_are_off(cluster_factory, open_page):
+    cluster = make_cluster(cluster_factory)
+    page = open_page(cluster.nodes["b"].url + "/")
+    for name in "abc":
+        node_item(page, name, "ok").wait_for()
+    entry(page, "hello.txt").wait_for()
+    assert page.locator("#upload").is_hidden()
+
+
+@requires_browser
+def test_token_browser_credentials(cluster_factory, browser, open_page, tmp_path):
+    cluster = make_cluster(cluster_factory, token=SECRET, uploads=True)
+    url = cluster.nodes["a"].url + "/"
+
+    # Without credentials: the 401 that makes a browser ask for them (headless: it gives up).
+    anonymous = browser.new_context()
+    try:
+        response = anonymous.request.get(url)
+        assert response.status == 401 and response.headers["www-authenticate"] == 'Basic realm="wsgi_stream"'
+        assert anonymous.request.get(cluster.nodes["a"].url + "/static/app.js").status == 401
+    finally:
+        anonymous.close()
+
+    # With them (any user name, the token as password), same-origin requests carry them.
+    page = open_page(url, http_credentials={"username": "appliance", "password": SECRET})
+    for name in "abc":
+        node_item(page, name, "ok").wait_for()
+    entry(page, "logs").locator(".name a").click()
+    _, body = download(page, entry(page, "logs/app.log").locator('.chip[data-node="a"] a'))
+    assert body == FILES["a"]["logs/app.log"]
+    page.set_input_files("#upload-files", files=[{"name": "t.txt", "mimeType": "text/plain", "buffer": b"tok\n"}])
+    page.locator("#upload-go").click()
+    page.locator('#uploads li[data-name="t.txt"][data-state="done"]').wait_for()
+    assert wait_for(lambda: (cluster.nodes["a"].root / "logs" / "t.txt").exists())
+    page.screenshot(path=str(tmp_path / "screenshot-token.png"))
+
+
+@requires_browser
+def test_phone_width(cluster_factory, open_page, tmp_path):
+    cluster = make_cluster(cluster_factory)
+    page = open_page(cluster.nodes["a"].url + "/", viewport={"width": 360, "height": 740},
+                     is_mobile=True, has_touch=True)
+    entry(page, UTF8_NAME).wait_for()
+    # Nothing wider than the screen: no sideways scrolling on a phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    page.screenshot(path=str(tmp_path / "screenshot-phone.png"), full_page=True)
