@@ -241,6 +241,15 @@ def test_upload_refusals_show_the_server_message(cluster_factory, open_page):
     assert (cluster.nodes["a"].root / "small.txt").read_bytes() == b"fits\n"
     assert not (cluster.nodes["a"].root / "big.bin").exists()
 
+    # "Keep existing files" sends If-None-Match: *, so an existing name is refused with 412.
+    page.locator("#upload-keep").check()
+    page.set_input_files("#upload-files", files=[{"name": "hello.txt", "mimeType": "text/plain", "buffer": b"new"}])
+    page.locator("#upload-go").click()
+    kept = page.locator('#uploads li[data-name="hello.txt"][data-state="error"] .msg')
+    kept.wait_for()
+    assert kept.inner_text().startswith("refused (412): ")
+    assert (cluster.nodes["a"].root / "hello.txt").read_bytes() == FILES["a"]["hello.txt"]
+
 
 @requires_browser
 def test_no_upload_form_when_uploads_are_off(cluster_factory, open_page):

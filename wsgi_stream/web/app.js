@@ -89,7 +89,7 @@
       state.uploads = data.uploads === true;
       $('nodes-error').hidden = true;
     } catch (e) {
-      if (e.status === 404) state.apiNodes = false; // older server: names come from the listing
+      if (e.status === 404 || e.status === 501) state.apiNodes = false; // older server: names come from the listing
       else { $('nodes-error').textContent = 'This node does not answer: ' + e.message; $('nodes-error').hidden = false; }
     }
     renderNodes();
@@ -170,7 +170,7 @@
   function renderListing(data) {
     const order = nodeOrder(data);
     if (!state.apiNodes) { // no /api/nodes: show what the listing says about each node
-      state.nodes = order.map((name) => ({ name, status: (data.nodes[name] || {}).status === 'error' ? 'down' : 'ok' }));
+      state.nodes = order.map((name) => ({ name, status: ((data.nodes || {})[name] || {}).status === 'error' ? 'down' : 'ok' }));
       renderNodes();
     }
     const statuses = order.filter((n) => data.nodes && data.nodes[n]).map((n) => {
@@ -222,7 +222,7 @@
     }
     for (const file of files) {
       for (const node of targets) {
-        const job = { file, node, dir: state.path, bar: el('progress', { max: 1, value: 0 }), msg: el('span', { className: 'msg' }, 'waiting') };
+        const job = { file, node, dir: state.path, keep: $('upload-keep').checked, bar: el('progress', { max: 1, value: 0 }), msg: el('span', { className: 'msg' }, 'waiting') };
         job.row = el('li', { 'data-state': 'waiting', 'data-node': node, 'data-name': file.name },
           el('span', { className: 'what' }, joinPath(job.dir, file.name) + ' → ' + node), job.bar, job.msg);
         $('uploads').append(job.row);
@@ -250,6 +250,7 @@
     return new Promise((resolve) => {
       const xhr = new XMLHttpRequest();
       xhr.open('PUT', fileUrl(job.node, joinPath(job.dir, job.file.name)));
+      if (job.keep) xhr.setRequestHeader('If-None-Match', '*'); // the node answers 412 if it exists
       job.row.setAttribute('data-state', 'sending');
       job.msg.textContent = 'sending ' + humanSize(job.file.size);
       xhr.upload.onprogress = (e) => { if (e.lengthComputable && e.total) job.bar.value = e.loaded / e.total; };
