@@ -518,48 +518,97 @@ class Result:
         return self.mbps is not None and not self.error
 
 
+@dataclass
+class Target:
+    """One system under test, started and probed, ready to be measured.
+
+    Each run fetches (or uploads to) every url in turn; the run's throughput is
+    total bytes / total time. CPU is summed over `procs` (their process trees);
+    peak RSS is read from `rss_proc` (default: procs[0]). `after(result)` may add
+    extras or turn the result into an error (e.g. a check of the stored file).
+    """
+    procs: list
+    urls: list
+    expect_bytes: int | None
+    upload: str | None = None
+    expect_codes: tuple = (200, 201, 204)
+    rss_proc: "Proc | None" = None
+    min_mbps: float = 2.0
+    after: object = None
+    label: str = ""
+    server: str = ""
+    note: str = ""
+
+
+def _one_run(t: Target, max_time: float) -> tuple[int, float, str]:
+    run_bytes, run_secs = 0, 0.0
+    for url in t.urls:
+        for p in t.procs:
+            if p.popen.poll() is not None:
+                return 0, 0.0, f"{p.name} died (status {p.popen.returncode}): {p.tail()}"
+        code, nbytes, secs = curl_once(url, upload=t.upload, max_time=max_time)
+        if code not in t.expect_codes:
+            return 0, 0.0, f"HTTP {code or 'failed/timeout'} for {url.split('/', 3)[-1]}"
+        if t.expect_bytes is not None and nbytes != t.expect_bytes:
+            return 0, 0.0, f"got {nbytes} bytes, expected {t.expect_bytes} ({url.split('/', 3)[-1]})"
+        run_bytes += nbytes
+        run_secs += secs
+    return run_bytes, run_secs, ""
+
+
+def measure_group(items: list, runs: int) -> list[Result]:
+    """Measure several Targets with their runs interleaved (run 1 of each, then run 2 ...),
+    so that background noise hits every system alike. Result items (already n/a) pass through."""
+    state = {}
+    for i, t in enumerate(items):
+        if isinstance(t, Target):
+            state[i] = {"cpu0": sum(cpu_seconds(p.pid) for p in t.procs), "speeds": [], "bytes": 0, "error": ""}
+    for _ in range(runs):
+        for i, st in state.items():
+            if st["error"]:
+                continue
+            t = items[i]
+            max_time = max(120.0, ((t.expect_bytes or GiB) * len(t.urls)) / (t.min_mbps * 1e6))
+            nbytes, secs, err = _one_run(t, max_time)
+            if err:
+                st["error"] = err
+                continue
+            st["bytes"] += nbytes
+            st["speeds"].append(nbytes / secs / 1e6 if secs > 0 else 0.0)
+            for p in t.procs:
+                p.remember_tree()
+    out = []
+    for i, t in enumerate(items):
+        if not isinstance(t, Target):
+            out.append(t)
+            continue
+        st = state[i]
+        res = Result(t.label, t.server, note=t.note)
+        if st["error"]:
+            res.error = st["error"]
+        else:
+            cpu1 = sum(cpu_seconds(p.pid) for p in t.procs)
+            res.mbps = statistics.median(st["speeds"])
+            res.mbps_min, res.mbps_max = min(st["speeds"]), max(st["speeds"])
+            res.cpu_per_gib = (cpu1 - st["cpu0"]) / (st["bytes"] / GiB) if st["bytes"] else None
+            res.rss_mib = peak_rss_mib((t.rss_proc or t.procs[0]).pid)
+            if t.after is not None:
+                try:
+                    t.after(res)
+                except Exception as exc:  # noqa: BLE001
+                    res.error = f"check after the runs failed: {type(exc).__name__}: {exc}"
+        out.append(res)
+    return out
+
+
 def measure(label: str, server_procs: list[Proc] | Proc, urls: list[str] | str, expect_bytes: int | None,
             runs: int, *, upload: str | None = None, server: str = "", note: str = "",
             expect_codes=(200, 201, 204), rss_proc: Proc | None = None, min_mbps: float = 2.0) -> Result:
-    """Run curl `runs` times (each run = every url in turn; throughput = total bytes / total time).
-
-    CPU is summed over `server_procs` (all their process trees); peak RSS is read
-    from `rss_proc` (default: the first of server_procs).
-    """
-    procs = server_procs if isinstance(server_procs, list) else [server_procs]
-    url_list = urls if isinstance(urls, list) else [urls]
-    rss_of = rss_proc or procs[0]
-    res = Result(label, server, note=note)
-    per_req = expect_bytes or 0
-    max_time = max(120.0, (per_req or GiB) / (min_mbps * 1e6))
-    cpu0 = sum(cpu_seconds(p.pid) for p in procs)
-    speeds, total_bytes = [], 0
-    for _ in range(runs):
-        run_bytes, run_secs = 0, 0.0
-        for url in url_list:
-            for p in procs:
-                if p.popen.poll() is not None:
-                    res.error = f"{p.name} died (status {p.popen.returncode}): {p.tail()}"
-                    return res
-            code, nbytes, secs = curl_once(url, upload=upload, max_time=max_time)
-            if code not in expect_codes:
-                res.error = f"HTTP {code or 'failed/timeout'} for {url.split('/', 3)[-1]}"
-                return res
-            if expect_bytes is not None and nbytes != expect_bytes:
-                res.error = f"got {nbytes} bytes, expected {expect_bytes} ({url.split('/', 3)[-1]})"
-                return res
-            run_bytes += nbytes
-            run_secs += secs
-        total_bytes += run_bytes
-        speeds.append(run_bytes / run_secs / 1e6 if run_secs > 0 else 0.0)
-        for p in procs:
-            p.remember_tree()
-    cpu1 = sum(cpu_seconds(p.pid) for p in procs)
-    res.mbps = statistics.median(speeds)
-    res.mbps_min, res.mbps_max = min(speeds), max(speeds)
-    res.cpu_per_gib = (cpu1 - cpu0) / (total_bytes / GiB) if total_bytes else None
-    res.rss_mib = peak_rss_mib(rss_of.pid)
-    return res
+    """Measure one system on its own (see Target and measure_group)."""
+    t = Target(server_procs if isinstance(server_procs, list) else [server_procs],
+               urls if isinstance(urls, list) else [urls], expect_bytes, upload, expect_codes, rss_proc, min_mbps,
+               label=label, server=server, note=note)
+    return measure_group([t], runs)[0]
 
 
 def na(label: str, reason: str, server: str = "", note: str = "") -> Result:
@@ -693,6 +742,40 @@ class Bench:
         else:
             log(f"  n/a: {r.error}")
         return r
+
+    def prepare(self, label: str, server: str, fn) -> "Target | Result":
+        """fn() starts what it needs (self.track) and returns a Target; a failure
+        becomes an "n/a" Result with the reason (and what it started is stopped)."""
+        before = len(self.procs)
+        log(f"starting {label} ({server})" if server else f"starting {label}")
+        try:
+            t = fn()
+            t.label, t.server = label, server
+            return t
+        except Unavailable as exc:
+            err = str(exc)
+        except Exception as exc:  # noqa: BLE001 - keep going, report the reason
+            err = f"{type(exc).__name__}: {exc}"
+        self.stop(*self.procs[before:])
+        log(f"  n/a: {err}")
+        return na(label, err, server)
+
+    def run(self, items: list, runs: int) -> list[Result]:
+        """Measure the prepared targets (interleaved), then stop every tracked process."""
+        names = [i.label for i in items if isinstance(i, Target)]
+        if names:
+            log(f"measuring {len(names)} systems x {runs} runs, interleaved: {'; '.join(names)}")
+        try:
+            results = measure_group(items, runs)
+        finally:
+            self.stop(*self.procs)
+        for r in results:
+            if r.ok:
+                log(f"  {r.label} ({r.server}): {r.mbps:.1f} MB/s, {r.cpu_per_gib:.2f} CPU s/GiB, "
+                    f"{r.rss_mib:.1f} MiB peak RSS")
+            elif isinstance(r, Result) and r.error and r.label in names:
+                log(f"  {r.label} ({r.server}): n/a: {r.error}")
+        return results
 
     def __enter__(self):
         log(f"work dir {self.workdir}")

@@ -64,7 +64,7 @@ def main(argv=None) -> str:
             front = b.track(c.start_nginx(b.workdir, "front", b.host(), "proxy", upstream=back.base_url))
             url = f"{front.base_url}/big.bin"
             c.probe(url)
-            return c.measure("nginx proxy_pass -> nginx", front, url, size, args.runs)
+            return c.Target([front], [url], size)
 
         def node_row(server, peer_is_nginx):
             def fn():
@@ -83,10 +83,10 @@ def main(argv=None) -> str:
                 node_a = b.track(c.start_node(b.workdir, cfg, "a", ha, pa, server=server, threads=args.threads))
                 url = f"{node_a.base_url}/nodes/b/files/big.bin"
                 c.probe(url)
-                r = c.measure("", node_a, url, size, args.runs)
-                if r.ok:
+
+                def after(r):
                     r.extra["peer_rss"] = c.peak_rss_mib(peer.pid)
-                return r
+                return c.Target([node_a], [url], size, after=after)
             return fn
 
         def naive_row(chunk, name, nsize):
@@ -101,21 +101,22 @@ def main(argv=None) -> str:
                 return c.measure("naive", proc, url, nsize, args.naive_runs, min_mbps=0.02)
             return fn
 
-        nginx = b.attempt("nginx proxy_pass -> nginx", "nginx", nginx_row)
-        results = [nginx]
-        rows = []
+        items = [b.prepare("nginx proxy_pass -> nginx", "nginx", nginx_row)]
         for server in servers:
             for peer_is_nginx in (False, True):
                 label = ("wsgi_stream a -> nginx as peer b" if peer_is_nginx
                          else "wsgi_stream a -> wsgi_stream b")
-                r = b.attempt(label, server, node_row(server, peer_is_nginx))
-                results.append(r)
-                vs = c.ratio(r, nginx)
-                met = [c.check(vs, ">=", NGINX_TARGET), c.check(r.rss_mib, "<=", RSS_TARGET)]
-                met_s = "n/a" if "n/a" in met else ("yes" if met == ["yes", "yes"] else f"NO ({', '.join(met)})")
-                peer = f"{r.extra['peer_rss']:.1f}" if "peer_rss" in r.extra else "n/a"
-                rows.append([label, server, c.fmt_size(size)] + c.result_cells(r) + [peer, c._f(vs, ".2f"),
-                             f">={NGINX_TARGET}x nginx, <={RSS_TARGET:.0f} MiB", met_s])
+                items.append(b.prepare(label, server, node_row(server, peer_is_nginx)))
+        results = b.run(items, args.runs)
+        nginx = results[0]
+        rows = []
+        for r in results[1:]:
+            vs = c.ratio(r, nginx)
+            met = [c.check(vs, ">=", NGINX_TARGET), c.check(r.rss_mib, "<=", RSS_TARGET)]
+            met_s = "n/a" if "n/a" in met else ("yes" if met == ["yes", "yes"] else f"NO ({', '.join(met)})")
+            peer = f"{r.extra['peer_rss']:.1f}" if "peer_rss" in r.extra else "n/a"
+            rows.append([r.label, r.server, c.fmt_size(size)] + c.result_cells(r) + [peer, c._f(vs, ".2f"),
+                         f">={NGINX_TARGET}x nginx, <={RSS_TARGET:.0f} MiB", met_s])
         rows.append(["nginx proxy_pass -> nginx", "nginx", c.fmt_size(size)] + c.result_cells(nginx) +
                      ["", "1.00" if nginx.ok else "n/a", "(reference)", ""])
         for chunk, name, nsize, label in ((0, "naive.bin", naive_size,
@@ -126,7 +127,7 @@ def main(argv=None) -> str:
             results.append(naive)
             rows.append([label, "waitress", c.fmt_size(nsize)]
                         + c.result_cells(naive) + ["", c._f(c.ratio(naive, nginx), ".3f"), "(reference)", ""])
-        notes = [f"{args.runs} runs ({args.naive_runs} for the naive rows), median (min-max) MB/s (MB = 10^6 B), "
+        notes = [f"{args.runs} runs interleaved across systems ({args.naive_runs} for the naive rows, measured after), median (min-max) MB/s (MB = 10^6 B), "
                  "curl to /dev/null, page cache warm; "
                  f"{args.threads} threads per WSGI server.",
                  "CPU s/GiB and peak RSS are those of the forwarding process (node a, nginx front, naive app); "

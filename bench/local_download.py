@@ -47,7 +47,7 @@ def main(argv=None) -> str:
             ng = b.track(c.start_nginx(b.workdir, "static", b.host(), "static", root=root))
             url = f"{ng.base_url}/big.bin"
             c.probe(url)
-            return c.measure("nginx sendfile", ng, url, size, args.runs)
+            return c.Target([ng], [url], size)
 
         def bare_row(server):
             def fn():
@@ -64,7 +64,7 @@ def main(argv=None) -> str:
                 b.track(proc)
                 url = f"{proc.base_url}/big.bin"
                 c.probe(url)
-                return c.measure("bare file_wrapper app", proc, url, size, args.runs)
+                return c.Target([proc], [url], size)
             return fn
 
         def node_row(server):
@@ -76,15 +76,19 @@ def main(argv=None) -> str:
                 proc = b.track(c.start_node(b.workdir, cfg, "a", host, port, server=server, threads=args.threads))
                 url = f"{proc.base_url}/files/big.bin"
                 c.probe(url)
-                return c.measure("wsgi_stream /files/", proc, url, size, args.runs)
+                return c.Target([proc], [url], size)
             return fn
 
-        nginx = b.attempt("nginx sendfile", "nginx", nginx_row)
-        rows, results = [], [nginx]
+        # every system is started first, then measured with runs interleaved
+        items = [b.prepare("nginx sendfile", "nginx", nginx_row)]
         for server in servers:
-            bare = b.attempt("bare file_wrapper app", server, bare_row(server))
-            node = b.attempt("wsgi_stream /files/", server, node_row(server))
-            results += [bare, node]
+            items.append(b.prepare("bare file_wrapper app", server, bare_row(server)))
+            items.append(b.prepare("wsgi_stream /files/", server, node_row(server)))
+        results = b.run(items, args.runs)
+        nginx = results[0]
+        rows = []
+        for k, server in enumerate(servers):
+            bare, node = results[1 + 2 * k], results[2 + 2 * k]
             for r in (bare, node):
                 vs_bare = c.ratio(r, bare) if r is node else None
                 vs_nginx = c.ratio(r, nginx)
@@ -103,7 +107,7 @@ def main(argv=None) -> str:
                              c._f(vs_nginx, ".2f"), target, met_s])
         rows.append(["nginx", "sendfile, 1 worker"] + c.result_cells(nginx) + ["", "1.00" if nginx.ok else "n/a",
                                                                                 "(reference)", ""])
-        notes = [f"{c.fmt_size(size)} random file, page cache warm, {args.runs} runs, median (min-max) MB/s "
+        notes = [f"{c.fmt_size(size)} random file, page cache warm, {args.runs} runs interleaved across systems, median (min-max) MB/s "
                  f"(MB = 10^6 B), curl to /dev/null; {args.threads} threads per WSGI server.",
                  "CPU s/GiB = utime+stime of the server process tree; peak RSS = VmHWM of the serving process.",
                  "met: 'NO (a, b, c)' lists each part of the target in order."]
