@@ -1,10 +1,539 @@
-"""Cluster downloads: one ZIP of a path from every node (stub until issue 4 lands)."""
+"""Cluster downloads: one ZIP of a path from every node, planned before the first byte, then streamed.
 
-from .errors import ApiError
+A download has two halves. The plan asks every selected node, concurrently, what it has under the
+path (this node from disk, peers through their listings) and fixes the members, their sizes and
+ETags, hence the archive's exact length. The stream then copies each member from disk or from its
+peer, resuming a broken peer stream with Range + If-Range; whatever cannot be made to match the
+plan cuts the client's connection (StreamBroken) instead of sending a wrong archive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat as stat_mod
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from urllib3.exceptions import HTTPError
+from werkzeug.http import parse_date
+
+from . import listing, local
+from .errors import ApiError, BadGateway, BadRequest, GatewayTimeout, NotFound, StreamBroken, error_body, error_headers
+from .paths import clean_relpath, resolve
+from .peers import quote_path
+from .zipfmt import SizeMismatch, StreamingZip, check_name
+
+log = logging.getLogger("wsgi_stream.cluster")
+
+REPORT_NAME = "_cluster.json"
+# Pauses before the 1st, 2nd and 3rd retry of a peer stream that made no progress.
+RETRY_BACKOFF = (0.2, 0.5, 1.0)
+_TRUE = ("1", "true", "yes", "on")
 
 
-def _todo(*args, **kwargs):
-    raise ApiError("Not implemented yet.", status=501, code="not_implemented")
+@dataclass
+class FileItem:
+    """One file of one node as planned: where it is, what it is, and its name in the archive."""
+
+    node: str
+    path: str
+    size: int
+    mtime: float | None
+    etag: str
+
+    @property
+    def member(self) -> str:
+        return f"{self.node}/{self.path}"
 
 
-cluster_files = cluster_list = _todo
+@dataclass
+class NodeResult:
+    """What one node has under the path: status `ok`, `missing` or `error`, and its usable files."""
+
+    node: str
+    status: str
+    message: str | None = None
+    files: list[FileItem] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)  # entries left out: {"name", "message"}
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "error" or bool(self.errors)
+
+
+# -- the request's options -----------------------------------------------------------------------
+
+def selected_nodes(app, request) -> list[str]:
+    """The nodes `?nodes=a,b` asks for, in config order (all by default); 404 for an unknown one."""
+    value = request.args.get("nodes")
+    if value is None:
+        return list(app.config.nodes)
+    wanted = {name.strip() for name in value.split(",") if name.strip()}
+    if not wanted:
+        raise BadRequest("?nodes= names no node.")
+    for name in sorted(wanted):
+        if name not in app.config.nodes:
+            raise NotFound(f"No node called {name!r} in this cluster.", code="unknown_node")
+    return [name for name in app.config.nodes if name in wanted]
+
+
+def _flag(request, name: str) -> bool:
+    return request.args.get(name, "").lower() in _TRUE
+
+
+def _deflate(request) -> bool:
+    value = request.args.get("compress", "").lower()
+    if value not in ("", "none", "stored", "deflate"):
+        raise BadRequest(f"?compress= must be 'deflate' or 'stored', not {value!r}.")
+    return value == "deflate"
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+def _printable(value) -> str:
+    # A name from a peer may hold lone surrogates; the report must still encode as UTF-8.
+    text = value if isinstance(value, str) else repr(value)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _strong_etag(value) -> bool:
+    return isinstance(value, str) and len(value) >= 2 and value.startswith('"') and value.endswith('"')
+
+
+def _collect(result: NodeResult, entries: Iterable, prefix: str) -> NodeResult:
+    """Keep the entries that are usable files with safe names; report the others as errors."""
+    seen = set()
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("type", "file") != "file":
+            continue
+        path, size, etag, mtime = entry.get("path"), entry.get("size"), entry.get("etag"), entry.get("mtime")
+        try:
+            if not isinstance(path, str) or not (path == prefix or path.startswith(prefix + "/") or not prefix):
+                raise ValueError("not under the requested path")
+            check_name(f"{result.node}/{path}")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ValueError("no valid size")
+            if not _strong_etag(etag):
+                raise ValueError("no strong ETag")
+            if path in seen:
+                raise ValueError("listed twice")
+        except ValueError as exc:
+            result.errors.append({"name": _printable(path), "message": f"left out: {exc}"})
+            continue
+        seen.add(path)
+        ok_mtime = isinstance(mtime, (int, float)) and not isinstance(mtime, bool)
+        result.files.append(FileItem(result.node, path, size, float(mtime) if ok_mtime else None, etag))
+    result.files.sort(key=lambda item: item.path)
+    return result
+
+
+def plan_local(app, rel: str) -> NodeResult:
+    """What this node has under `rel`, from its disk."""
+    result = NodeResult(app.name, "ok")
+    try:
+        target = resolve(app.root, rel)
+        st = os.stat(target)
+    except (NotFound, FileNotFoundError, NotADirectoryError):
+        return NodeResult(app.name, "missing", "No such file or directory.")
+    if stat_mod.S_ISDIR(st.st_mode):
+        return _collect(result, listing.walk_files(app.root, rel), rel)
+    if not stat_mod.S_ISREG(st.st_mode):
+        return NodeResult(app.name, "missing", "No such file or directory.")
+    entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime, "etag": local.file_etag(st)}
+    return _collect(result, [entry], rel)
+
+
+def _peer_file(app, node: str, rel: str) -> NodeResult:
+    response = app.peers.request(node, "HEAD", "/files/" + quote_path(rel))
+    try:
+        if response.status == 404:
+            return NodeResult(node, "missing", "No such file or directory.")
+        if response.status != 200:
+            return NodeResult(node, "error", f"Node {node} answered {response.status} for the file.")
+        headers = response.headers
+        try:
+            size = int(headers.get("Content-Length", ""))
+        except ValueError:
+            return NodeResult(node, "error", f"Node {node} sent no valid Content-Length.")
+        modified = parse_date(headers.get("Last-Modified"))
+        entry = {"path": rel, "size": size, "etag": headers.get("ETag"),
+                 "mtime": modified.timestamp() if modified else None}
+        return _collect(NodeResult(node, "ok"), [entry], rel)
+    finally:
+        response.release_conn()
+
+
+def plan_peer(app, node: str, rel: str) -> NodeResult:
+    """What peer `node` has under `rel`: its recursive listing, or else HEAD of the file."""
+    try:
+        document = app.peers.get_json(node, "/list/" + quote_path(rel) + "?recursive=1")
+    except ApiError as exc:
+        if exc.status != 404:
+            return NodeResult(node, "error", exc.message)
+    else:
+        entries = document.get("entries") if isinstance(document, dict) else None
+        if not isinstance(entries, list):
+            return NodeResult(node, "error", f"Node {node} sent a listing without entries.")
+        return _collect(NodeResult(node, "ok"), entries, rel)
+    if not rel:
+        return NodeResult(node, "missing", "No such directory.")
+    try:
+        return _peer_file(app, node, rel)
+    except ApiError as exc:
+        return NodeResult(node, "error", exc.message)
+
+
+def _plan_node(app, node: str, rel: str) -> NodeResult:
+    try:
+        return plan_local(app, rel) if node == app.name else plan_peer(app, node, rel)
+    except Exception as exc:  # one node's surprise must not sink the others
+        log.exception("planning %r on node %s", rel, node)
+        return NodeResult(node, "error", f"Unexpected error asking node {node}: {type(exc).__name__}.")
+
+
+def _each_node(function, app, nodes: list[str], rel: str) -> list:
+    """`function(app, node, rel)` for every node at once, results in the order of `nodes`."""
+    with ThreadPoolExecutor(max_workers=max(len(nodes), 1), thread_name_prefix="cluster-plan") as pool:
+        return list(pool.map(lambda node: function(app, node, rel), nodes))
+
+
+def plan_cluster(app, rel: str, nodes: list[str]) -> list[NodeResult]:
+    """Ask every node in `nodes` concurrently what it has under `rel`."""
+    return _each_node(_plan_node, app, nodes, rel)
+
+
+def _check_found(results: list, what: str) -> None:
+    """404 if every node lacks `what`, 502 if none has it and some could not be asked."""
+    if any(r.status == "ok" for r in results):
+        return
+    failed = [r for r in results if r.status == "error"]
+    if failed:
+        detail = "; ".join(f"{r.node}: {r.message}" for r in failed)
+        raise BadGateway(f"No node that answered has {what}, and some could not be asked ({detail}).",
+                         code="nodes_failed")
+    raise NotFound(f"No node has {what}.")
+
+
+# -- the members' bytes --------------------------------------------------------------------------
+
+class _Retry(Exception):
+    """A peer stream failed in a way worth asking again."""
+
+
+def local_chunks(app, item: FileItem) -> Iterator[bytes]:
+    """The bytes of this node's file `item`, provided it is still the file that was planned."""
+    try:
+        f, st, _ = local.open_file(app.root, item.path)
+    except NotFound:
+        raise StreamBroken(f"{item.member} disappeared after the plan") from None
+    try:
+        if local.file_etag(st) != item.etag:
+            raise StreamBroken(f"{item.member} changed after the plan")
+        try:
+            yield from local.read_range(f, 0, item.size, app.chunk_size)
+        except OSError as exc:
+            raise StreamBroken(f"{item.member}: {exc}") from exc
+        if local.file_etag(os.fstat(f.fileno())) != item.etag:
+            raise StreamBroken(f"{item.member} changed while being sent")
+    finally:
+        f.close()
+
+
+def _close_response(response) -> None:
+    response.close()
+    response.release_conn()
+
+
+def _open_peer(app, item: FileItem, offset: int):
+    """A response with the bytes of `item` from `offset` on, or _Retry / StreamBroken."""
+    if offset:
+        headers = {"Range": f"bytes={offset}-", "If-Range": item.etag}
+        expect = (206, f"bytes {offset}-{item.size - 1}/{item.size}")
+    else:
+        headers = {"If-Match": item.etag}
+        expect = (200, None)
+    try:
+        response = app.peers.request(item.node, "GET", "/files/" + quote_path(item.path), headers)
+    except (BadGateway, GatewayTimeout) as exc:
+        raise _Retry(exc.message) from exc
+    status, ranged = response.status, response.headers.get("Content-Range")
+    if (status, ranged) == expect and response.headers.get("ETag") == item.etag \
+            and response.headers.get("Content-Length") == str(item.size - offset):
+        return response
+    _close_response(response)
+    if status >= 500:
+        raise _Retry(f"node {item.node} answered {status}")
+    raise StreamBroken(f"{item.member} changed on node {item.node} (answered {status} {ranged or ''})".strip())
+
+
+def _read(response, remaining: int, chunk_size: int) -> Iterator[bytes]:
+    while remaining > 0:
+        try:
+            data = response.read(min(chunk_size, remaining), decode_content=False)
+        except (HTTPError, OSError) as exc:
+            raise _Retry(f"stream broke off: {exc}") from exc
+        if not data:
+            raise _Retry("stream ended early")
+        remaining -= len(data)
+        yield data
+
+
+def peer_chunks(app, item: FileItem, opened: set) -> Iterator[bytes]:
+    """The bytes of `item` from its peer, asking again for the rest when the stream breaks off."""
+    offset, failures = 0, 0
+    while True:
+        response = None
+        try:
+            response = _open_peer(app, item, offset)
+            opened.add(response)
+            for data in _read(response, item.size - offset, app.chunk_size):
+                offset += len(data)
+                failures = 0
+                yield data
+            response.release_conn()
+            opened.discard(response)
+            response = None
+            return
+        except _Retry as exc:
+            if failures >= len(RETRY_BACKOFF):
+                raise StreamBroken(f"{item.member}: {exc}; gave up at byte {offset}") from exc
+            log.warning("%s: %s at byte %d; asking node %s again", item.member, exc, offset, item.node)
+            time.sleep(RETRY_BACKOFF[failures])
+            failures += 1
+        finally:
+            if response is not None:
+                opened.discard(response)
+                _close_response(response)
+
+
+# -- _cluster.json -------------------------------------------------------------------------------
+
+def _report_pieces(path: str | None, results: list[NodeResult], generated: list[tuple[str, int | None]],
+                   crc_hex, size_of) -> Iterator[bytes]:
+    """The report, piece by piece; with CRCs as 8 hex digits its length does not depend on them."""
+    def dump(value) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    yield f'{{"path": {dump(path)},\n "nodes": {{'.encode()
+    for i, r in enumerate(results):
+        head = f'{"," if i else ""}\n  {dump(r.node)}: {{"status": {dump(r.status)}, "message": {dump(r.message)}, "files": ['
+        yield head.encode()
+        for j, item in enumerate(r.files):
+            line = (f'{"," if j else ""}\n    {{"name": {dump(item.member)}, "size": {item.size}, '
+                    f'"crc32": "{crc_hex(item.member)}"}}')
+            yield line.encode()
+        yield f'], "errors": {dump(r.errors)}}}'.encode()
+    yield b'},\n "generated": ['
+    for j, (name, size) in enumerate(generated):
+        line = (f'{"," if j else ""}\n  {{"name": {dump(name)}, "size": {size_of(name, size)}, '
+                f'"crc32": "{crc_hex(name)}"}}')
+        yield line.encode()
+    yield b"]}\n"
+
+
+# -- the archive ---------------------------------------------------------------------------------
+
+class ClusterArchive:
+    """A cluster ZIP: each selected node's files under `path`, added members, then `_cluster.json`.
+
+    Planning happens in the constructor (ApiError: 404 nobody has it, 502 strict and a node failed),
+    so an embedding application can still answer with an error before the first byte. `path=None`
+    asks no node: the archive holds only the added members and the report.
+    """
+
+    def __init__(self, app, path: str | None = "", nodes: Iterable[str] | None = None, *,
+                 deflate: bool = False, strict: bool = False):
+        self.app = app
+        self.path = None if path is None else clean_relpath(path)
+        self.created = time.time()
+        names = list(app.config.nodes) if nodes is None else list(nodes)
+        for name in names:
+            app.peers.node(name)  # 404 for an unknown node
+        self.results = [] if self.path is None else plan_cluster(app, self.path, names)
+        if self.path is not None:
+            _check_found(self.results, f"{self.path or 'the root folder'!r}")
+        if strict and any(r.failed for r in self.results):
+            detail = "; ".join(f"{r.node}: {r.message or 'entries left out'}" for r in self.results if r.failed)
+            raise BadGateway(f"Not every node could deliver ({detail}).", code="nodes_failed")
+        self._zip = StreamingZip(deflate=deflate)
+        self._generated: list[tuple[str, int | None]] = []
+        self._opened: set = set()
+        self._finished = False
+        for result in self.results:
+            for item in result.files:
+                self._zip.add(item.member, self._member_chunks(item), item.size, item.mtime)
+
+    def _member_chunks(self, item: FileItem) -> Iterator[bytes]:
+        if item.node == self.app.name:
+            return local_chunks(self.app, item)
+        return peer_chunks(self.app, item, self._opened)
+
+    def add(self, name: str, chunks: Iterable[bytes], size: int | None = None, mtime: float | None = None) -> None:
+        """Add a generated member `name` (e.g. "status/service.txt"); without `size`, no Content-Length."""
+        if self._finished:
+            raise RuntimeError("the archive is already complete")
+        if name == REPORT_NAME:
+            raise ValueError(f"{REPORT_NAME} is written by the archive itself")
+        self._zip.add(name, chunks, size, mtime)
+        self._generated.append((name, size))
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        pieces = _report_pieces(self.path, self.results, self._generated, lambda name: "00000000",
+                                lambda name, size: size)
+        size = None if any(s is None for _, s in self._generated) else sum(map(len, pieces))
+        self._zip.add(REPORT_NAME, self._report(), size, self.created)
+
+    def _report(self) -> Iterator[bytes]:
+        def crc_hex(name):
+            return f"{self._zip.crc32(name):08x}"
+
+        def size_of(name, size):
+            return size if size is not None else self._zip.written_size(name)
+
+        yield from _report_pieces(self.path, self.results, self._generated, crc_hex, size_of)
+
+    @property
+    def length(self) -> int | None:
+        """The archive's exact length, None when deflated or a member's size is unknown."""
+        self._finish()
+        return self._zip.length
+
+    def headers(self, filename: str | None = None) -> list[tuple[str, str]]:
+        """The response headers: type, attachment name (`<last segment>-cluster.zip`), length if known."""
+        if filename is None:
+            filename = f"{(self.path or 'root').rsplit('/', 1)[-1]}-cluster.zip"
+        headers = [("Content-Type", "application/zip"),
+                   ("Content-Disposition", local.content_disposition(filename)),
+                   ("Cache-Control", "no-store"), ("Accept-Ranges", "none")]
+        if self.length is not None:
+            headers.append(("Content-Length", str(self.length)))
+        return headers
+
+    def body(self) -> Iterator[bytes]:
+        """The archive's bytes; anything that would make them differ from the plan raises StreamBroken."""
+        self._finish()
+        return self._body(self.length)
+
+    def _body(self, length: int | None) -> Iterator[bytes]:
+        sent, held = 0, None
+        try:
+            # One block is held back so that a wrong total is caught before the last byte goes out.
+            for chunk in self._zip:
+                if held is not None:
+                    yield held
+                held = chunk
+                sent += len(chunk)
+            if length is not None and sent != length:
+                raise StreamBroken(f"archive came out at {sent} bytes instead of {length}")
+            if held is not None:
+                yield held
+        except (SizeMismatch, ValueError, RuntimeError, OSError) as exc:
+            raise StreamBroken(str(exc)) from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close every peer response still open (the client went away, or a member failed)."""
+        for response in list(self._opened):
+            self._opened.discard(response)
+            _close_response(response)
+        self._zip.close()
+
+    def __call__(self, environ, start_response):
+        """Answer a WSGI request with the archive (HEAD: the headers only)."""
+        start_response("200 OK", self.headers())
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            self.close()
+            return []
+        return self.body()
+
+
+def wsgi_error(error: ApiError, start_response) -> list[bytes]:
+    """Answer a WSGI request with `error` as JSON (for embedding code that catches the plan's ApiError)."""
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    body = error_body(error)
+    start_response(f"{error.status} {HTTP_STATUS_CODES.get(error.status, 'Error')}", error_headers(error, body))
+    return [body]
+
+
+# -- the endpoints -------------------------------------------------------------------------------
+
+def cluster_files(app, request, path: str):
+    """GET/HEAD /cluster/files/{path}: the ZIP of `path` from every selected node."""
+    from .app import Reply
+
+    archive = ClusterArchive(app, path, selected_nodes(app, request), deflate=_deflate(request),
+                             strict=_flag(request, "strict"))
+    headers = archive.headers()
+    if request.method == "HEAD":
+        archive.close()
+        return Reply(200, headers, [])
+    return Reply(200, headers, archive.body())
+
+
+def _list_node(app, node: str, rel: str) -> tuple[str, dict | list]:
+    """(status, entries) of directory `rel` on `node`, or (status, {"message": ...})."""
+    try:
+        if node == app.name:
+            return "ok", listing.list_entries(app.root, rel)
+        document = app.peers.get_json(node, "/list/" + quote_path(rel))
+    except ApiError as exc:
+        return ("missing" if exc.status == 404 else "error"), {"message": exc.message}
+    except Exception as exc:
+        log.exception("listing %r on node %s", rel, node)
+        return "error", {"message": f"Unexpected error asking node {node}: {type(exc).__name__}."}
+    entries = document.get("entries") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return "error", {"message": f"Node {node} sent a listing without entries."}
+    return "ok", entries
+
+
+def _usable_entry(entry, rel: str) -> bool:
+    if not isinstance(entry, dict) or entry.get("type") not in ("file", "dir"):
+        return False
+    name = entry.get("name")
+    try:
+        check_name(name)
+    except ValueError:
+        return False
+    return "/" not in name and entry.get("path") == (f"{rel}/{name}" if rel else name)
+
+
+def merge_listings(rel: str, answers: list[tuple[str, str, object]]) -> dict:
+    """The merged listing document from each node's (name, status, entries or message)."""
+    nodes, merged = {}, {}
+    for node, status, value in answers:
+        nodes[node] = {"status": status} if status == "ok" else {"status": status, **value}
+        if status != "ok":
+            continue
+        for entry in value:
+            if not _usable_entry(entry, rel):
+                log.warning("node %s listed an unusable entry under %r; left out", node, rel)
+                continue
+            key = (entry["name"], entry["type"])
+            row = merged.setdefault(key, {"name": entry["name"], "path": entry["path"],
+                                          "type": entry["type"], "nodes": {}})
+            row["nodes"][node] = {k: entry[k] for k in ("size", "mtime", "etag") if k in entry} \
+                if entry["type"] == "file" else {}
+    return {"path": rel, "nodes": nodes, "entries": [merged[k] for k in sorted(merged)]}
+
+
+def cluster_list(app, request, path: str):
+    """GET /cluster/list/{path}: the listings of every selected node merged by name."""
+    from .app import json_reply
+
+    rel = clean_relpath(path)
+    names = selected_nodes(app, request)
+    answers = _each_node(_list_node, app, names, rel)
+    results = [NodeResult(node, status, value.get("message") if status != "ok" else None)
+               for node, (status, value) in zip(names, answers)]
+    _check_found(results, f"the folder {rel or '/'!r}")
+    return json_reply(merge_listings(rel, [(node, s, v) for node, (s, v) in zip(names, answers)]))
