@@ -28,6 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--listen", help="HOST:PORT to listen on (default: the node's url, or 127.0.0.1:8080)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help=f"waitress worker threads (default {DEFAULT_THREADS})")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds running downloads may take to finish after SIGTERM (default 30)")
+    p.add_argument("--check", action="store_true",
+                   help="check the config and reach every peer's /healthz, print one line per node, then exit")
     p.add_argument("--demo", action="store_true", help="start a three-node demo cluster on loopback")
     p.add_argument("--demo-dir", default=os.path.join(tempfile.gettempdir(), "wsgi_stream-demo"),
                    help="where the demo keeps its files (default: %(default)s)")
@@ -54,6 +58,74 @@ def resolve_config(args, parser_error):
     return config, node
 
 
+class ShutdownGate:
+    """Passes requests to the app until shutdown starts; then answers 503 (keep-alive clients included)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.closing = False
+
+    def __call__(self, environ, start_response):
+        if not self.closing:
+            return self.app(environ, start_response)
+        body = b'{"error": "shutting_down", "message": "This node is shutting down; try another node or retry."}\n'
+        start_response("503 Service Unavailable", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("Retry-After", "5")])
+        return [body]
+
+
+def _busy_channels(server) -> int:
+    from waitress.channel import HTTPChannel
+    return sum(1 for ch in list(server._map.values())
+               if isinstance(ch, HTTPChannel) and (ch.requests or ch.total_outbufs_len))
+
+
+def _stop_listening(server) -> None:
+    from waitress.server import BaseWSGIServer
+    for dispatcher in list(server._map.values()):
+        if isinstance(dispatcher, BaseWSGIServer):
+            dispatcher.accepting = False
+            dispatcher.del_channel()
+            dispatcher.socket.close()
+
+
+def install_graceful_shutdown(server, gate: ShutdownGate, grace: float) -> None:
+    """SIGTERM/SIGINT: stop accepting, let running responses finish up to `grace` s, then end the loop.
+
+    A second signal exits at once.
+    """
+    import threading
+
+    from waitress import wasyncore
+
+    log = logging.getLogger("wsgi_stream")
+
+    def drain():
+        deadline = time.monotonic() + grace
+        while _busy_channels(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = _busy_channels(server)
+        if left:
+            log.warning("grace period of %gs is over: cutting %d running responses", grace, left)
+        # Closing every channel empties waitress's map, which ends its loop in the main thread.
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+
+    def on_signal(signum, frame):
+        if gate.closing:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        gate.closing = True
+        log.info("%s: refusing new requests, finishing %d running ones (up to %gs)",
+                 signal.Signals(signum).name, _busy_channels(server), grace)
+        # Sockets may only be closed from waitress's loop, not while its select() holds them.
+        server.trigger.pull_trigger(lambda: _stop_listening(server))
+        threading.Thread(target=drain, name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def run_node(args, parser_error) -> None:
     import waitress
 
@@ -63,14 +135,49 @@ def run_node(args, parser_error) -> None:
     listen = args.listen or f"{config.nodes[node].host}:{config.nodes[node].port}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = make_app(config, node)
-    logging.getLogger("wsgi_stream").info("node %s serving %s on http://%s (%d threads)",
-                                          node, app.root, listen, args.threads)
+    gate = ShutdownGate(app)
     # Keep a slow client's pending output in memory and small: waitress would otherwise queue up to
     # 16 MiB per connection and spill to temporary files beyond 1 MiB.
     high_watermark = 4 * config.chunk_size
-    waitress.serve(app, listen=listen, threads=args.threads, ident="wsgi_stream",
-                   outbuf_high_watermark=high_watermark, outbuf_overflow=high_watermark + config.chunk_size,
-                   connection_limit=max(100, 2 * args.threads), clear_untrusted_proxy_headers=True)
+    server = waitress.create_server(
+        gate, listen=listen, threads=args.threads, ident="wsgi_stream",
+        outbuf_high_watermark=high_watermark, outbuf_overflow=high_watermark + config.chunk_size,
+        connection_limit=max(100, 2 * args.threads), clear_untrusted_proxy_headers=True)
+    install_graceful_shutdown(server, gate, args.grace)
+    logging.getLogger("wsgi_stream").info("node %s serving %s on http://%s (%d threads)",
+                                          node, app.root, listen, args.threads)
+    try:
+        server.run()
+    finally:
+        server.task_dispatcher.shutdown(timeout=5)
+    logging.getLogger("wsgi_stream").info("node %s stopped", node)
+
+
+def run_check(args, parser_error) -> int:
+    """Check the config and every peer; one line per node; 0 when all is well, 1 otherwise."""
+    from wsgi_stream.errors import ApiError
+    from wsgi_stream.peers import PeerClient
+
+    config, node = resolve_config(args, parser_error)
+    client = PeerClient(config, node)
+    problems = 0
+    print(f"config {config.source}: {len(config.nodes)} nodes, token {'set' if config.token else 'not set'}, "
+          f"uploads {'on' if config.uploads else 'off'}")
+    for name, peer in config.nodes.items():
+        if name == node:
+            print(f"  {name:<12} {peer.url:<32} ok (this node, root {peer.root})")
+            continue
+        started = time.monotonic()
+        try:
+            health = client.get_json(name, "/healthz")
+            if health.get("node") != name:
+                raise ApiError(f"its /healthz says it is node {health.get('node')!r}, not {name!r}")
+            client.get_json(name, "/list/")  # proves the token is accepted
+            print(f"  {name:<12} {peer.url:<32} ok ({(time.monotonic() - started) * 1000:.0f} ms)")
+        except ApiError as exc:
+            problems += 1
+            print(f"  {name:<12} {peer.url:<32} PROBLEM: {exc.message}")
+    return 1 if problems else 0
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -139,6 +246,8 @@ def main(argv=None) -> None:
     parser_error = argparse.ArgumentParser(prog="serve.py").error
     if args.threads < 1:
         parser_error("--threads must be at least 1")
+    if args.check:
+        sys.exit(run_check(args, parser_error))
     if args.demo:
         run_demo(args)
     else:
