@@ -130,6 +130,7 @@ def run_node(args, parser_error) -> None:
     import waitress
 
     from wsgi_stream import make_app
+    from wsgi_stream.uploads import server_body_limit
 
     config, node = resolve_config(args, parser_error)
     listen = args.listen or f"{config.nodes[node].host}:{config.nodes[node].port}"
@@ -142,7 +143,8 @@ def run_node(args, parser_error) -> None:
     server = waitress.create_server(
         gate, listen=listen, threads=args.threads, ident="wsgi_stream",
         outbuf_high_watermark=high_watermark, outbuf_overflow=high_watermark + config.chunk_size,
-        connection_limit=max(100, 2 * args.threads), clear_untrusted_proxy_headers=True)
+        connection_limit=max(100, 2 * args.threads), clear_untrusted_proxy_headers=True,
+        max_request_body_size=server_body_limit(config))  # waitress's default refuses uploads >= 1 GiB
     install_graceful_shutdown(server, gate, args.grace)
     logging.getLogger("wsgi_stream").info("node %s serving %s on http://%s (%d threads)",
                                           node, app.root, listen, args.threads)
