@@ -47,19 +47,22 @@ def write_config(path: Path, nodes: dict[str, tuple[str, Path]], **cluster) -> P
 
 
 def server_command(server: str, config: Path, name: str, host: str, port: int, threads: int = 16) -> tuple[list[str], dict]:
-    """The command line and environment that run node `name` under `server`."""
+    """The command line and environment that run node `name` under `server`.
+
+    uwsgi and gunicorn run with the settings we ship (deploy/uwsgi.ini, deploy/gunicorn.conf.py);
+    only the listening address and the thread count are given here (docs/servers.md).
+    """
     env = dict(os.environ, WSGI_STREAM_CONFIG=str(config), WSGI_STREAM_NODE=name, PYTHONUNBUFFERED="1")
     if server == "waitress":
         # --listen: the node's url may point at a FaultProxy in front of it.
         cmd = [sys.executable, str(REPO / "serve.py"), "--config", str(config), "--node", name,
                "--listen", f"{host}:{port}", "--threads", str(threads)]
     elif server == "uwsgi":
-        cmd = ["uwsgi", "--http-socket", f"{host}:{port}", "--module", "wsgi_stream.wsgi:application",
-               "--master", "--processes", "1", "--threads", str(threads), "--enable-threads",
-               "--die-on-term", "--need-app", "--chdir", str(REPO)]
+        cmd = ["uwsgi", "--ini", str(REPO / "deploy" / "uwsgi.ini"), "--http-socket", f"{host}:{port}",
+               "--threads", str(threads), "--chdir", str(REPO)]
     elif server == "gunicorn":
-        cmd = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", str(threads), "-w", "1",
-               "-b", f"{host}:{port}", "--chdir", str(REPO), "wsgi_stream.wsgi:application"]
+        cmd = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "deploy" / "gunicorn.conf.py"),
+               "-b", f"{host}:{port}", "--threads", str(threads), "--chdir", str(REPO)]
     else:
         raise ValueError(server)
     return cmd, env
