@@ -12,7 +12,8 @@ import pytest
 from web_support import (CHROMIUM, LAUNCH_ARGS, SCREENSHOT, WEB_DIR, requires_browser, seed,
                          wait_for, zip_members)
 
-XSS_NAMES = ["<img src=x onerror=alert(1)>.txt", "<script>alert(2)<\\script>.txt"]  # "/" can't be in a file name
+# Markup as file names ("/" can't be in one; the cluster listing leaves out "\\" names, unfit for ZIPs).
+XSS_NAMES = ["<img src=x onerror=alert(1)>.txt", "<script>alert(2)<script> & \"q\" 'x' %41.txt"]
 UTF8_NAME = "grüße – 日本.txt"
 FILES = {
     "a": {"hello.txt": b"hello from a\n", "logs/app.log": b"a log line\n" * 50, "logs/old/x.log": b"old a\n",
@@ -93,6 +94,13 @@ def node_item(page, name, status):
 
 def entry(page, path):
     return page.locator(f"#entries > li[data-path={json.dumps(path, ensure_ascii=False)}]")
+
+
+def upload_result(page, node, name) -> tuple[str, str]:
+    """Wait until the upload row of `name` to `node` has finished; its (state, message)."""
+    row = page.locator(f'#uploads li[data-node="{node}"][data-name={json.dumps(name, ensure_ascii=False)}]')
+    row.and_(page.locator('[data-state="done"], [data-state="error"]')).wait_for()
+    return row.get_attribute("data-state"), row.locator(".msg").inner_text()
 
 
 def download(page, link) -> tuple[str, bytes]:
@@ -207,7 +215,7 @@ def test_page_browse_download_upload_and_down(cluster_factory, open_page, tmp_pa
     page.locator('#targets input[value="a"]').uncheck()
     page.locator('#targets input[value="b"]').check()
     page.locator("#upload-go").click()
-    page.locator('#uploads li[data-node="b"][data-name="über.txt"][data-state="done"]').wait_for()
+    assert upload_result(page, "b", "über.txt") == ("done", "stored (new file)")
     assert page.locator('#uploads li[data-node="b"] progress').evaluate("p => p.value") == 1
     assert (cluster.nodes["b"].root / "logs" / "über.txt").read_bytes() == payload
     assert not (a.root / "logs" / "über.txt").exists()
@@ -233,11 +241,9 @@ def test_upload_refusals_show_the_server_message(cluster_factory, open_page):
         {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": b"x" * 5000},
     ])
     page.locator("#upload-go").click()
-    page.locator('#uploads li[data-name="small.txt"][data-state="done"]').wait_for()
-    big = page.locator('#uploads li[data-name="big.bin"][data-state="error"]')
-    big.wait_for()
-    message = big.locator(".msg").inner_text()
-    assert message.startswith("refused (413): ") and len(message) > len("refused (413): ") + 5
+    assert upload_result(page, "a", "small.txt")[0] == "done"
+    state, message = upload_result(page, "a", "big.bin")
+    assert state == "error" and message.startswith("refused (413): ") and len(message) > len("refused (413): ") + 5
     assert (cluster.nodes["a"].root / "small.txt").read_bytes() == b"fits\n"
     assert not (cluster.nodes["a"].root / "big.bin").exists()
 
@@ -245,9 +251,8 @@ def test_upload_refusals_show_the_server_message(cluster_factory, open_page):
     page.locator("#upload-keep").check()
     page.set_input_files("#upload-files", files=[{"name": "hello.txt", "mimeType": "text/plain", "buffer": b"new"}])
     page.locator("#upload-go").click()
-    kept = page.locator('#uploads li[data-name="hello.txt"][data-state="error"] .msg')
-    kept.wait_for()
-    assert kept.inner_text().startswith("refused (412): ")
+    state, message = upload_result(page, "a", "hello.txt")
+    assert state == "error" and message.startswith("refused (412): ")
     assert (cluster.nodes["a"].root / "hello.txt").read_bytes() == FILES["a"]["hello.txt"]
 
 
@@ -284,7 +289,7 @@ def test_token_browser_credentials(cluster_factory, browser, open_page, tmp_path
     assert body == FILES["a"]["logs/app.log"]
     page.set_input_files("#upload-files", files=[{"name": "t.txt", "mimeType": "text/plain", "buffer": b"tok\n"}])
     page.locator("#upload-go").click()
-    page.locator('#uploads li[data-name="t.txt"][data-state="done"]').wait_for()
+    assert upload_result(page, "a", "t.txt")[0] == "done"
     assert wait_for(lambda: (cluster.nodes["a"].root / "logs" / "t.txt").exists())
     page.screenshot(path=str(tmp_path / "screenshot-token.png"))
 
