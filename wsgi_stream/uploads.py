@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import urllib3
+from urllib3.exceptions import HTTPError, ProtocolError
 from werkzeug.http import parse_dict_header
 
 from .errors import (ApiError, BadGateway, BadRequest, InsufficientStorage, MethodNotAllowed,
@@ -173,7 +174,8 @@ class RequestBody:
             try:
                 data = read(size) if size else b""
             except Exception as exc:  # each server has its own: OSError, gunicorn's NoMoreData...
-                raise IncompleteBody(f"The body broke off after {self.received} bytes.") from exc
+                hint = "" if self.length is not None else " (or a chunk was over the server's chunk limit)"
+                raise IncompleteBody(f"The body broke off after {self.received} bytes{hint}.") from exc
             if not data:
                 if self.length is not None and self.received < self.length:
                     raise IncompleteBody(f"The body ended after {self.received} of {self.length} bytes.")
@@ -432,23 +434,37 @@ def forward_upload(app, request, node: str, path: str):
     return Reply(status, passed, [data] if data else [])
 
 
+def _request_peer(app, node: str, url_path: str, headers: dict, body: RequestBody, timeout):
+    """The peer's response to the PUT, headers read; 502/504 (naming what the peer kept) if it fails."""
+    for attempt in (1, 2):
+        try:
+            return app.peers.request(node, "PUT", url_path, headers, body=iter(body), timeout=timeout)
+        except BadGateway as error:
+            # A pooled connection the peer closed fails before any body byte: safe to ask once more.
+            if attempt == 1 and not body.received and isinstance(error.__cause__, ProtocolError):
+                continue
+            if body.done:
+                raise BadGateway(f"Node {node} got the whole body but broke off before answering; "
+                                 "it may or may not have stored the file.", code="peer_broken") from error
+            if body.received:
+                raise BadGateway(f"Node {node} broke off the upload after {body.received} bytes; "
+                                 "it keeps nothing of it.", code="peer_broken") from error
+            raise
+
+
 def _send_to_peer(app, node: str, url_path: str, headers: dict, body: RequestBody, timeout):
     """PUT `body` to the peer: (status, headers to pass, body bytes); 502/504 when the peer fails."""
-    try:
-        response = app.peers.request(node, "PUT", url_path, headers, body=iter(body), timeout=timeout)
-    except BadGateway as error:
-        if body.received:
-            raise BadGateway(f"Node {node} broke off the upload after {body.received} bytes; "
-                             "it stored nothing.", code="peer_broken") from error
-        raise
+    response = _request_peer(app, node, url_path, headers, body, timeout)
     try:
         data = response.read()
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
+    except (HTTPError, OSError) as exc:
         raise BadGateway(f"Node {node} broke off its answer to the upload.", code="peer_broken") from exc
     finally:
         response.release_conn()
     if response.status == 401:
         raise BadGateway(f"Node {node} refused this node's token; the cluster token must be the same "
                          "on every node.", code="peer_unauthorized")
+    if response.status >= 500 and response.status != 507:  # 507 (peer disk full) is the client's news
+        raise BadGateway(f"Node {node} failed with status {response.status}.", code="peer_error")
     passed = [(k, response.headers[k]) for k in PASSED_HEADERS if k in response.headers]
     return response.status, passed, data
