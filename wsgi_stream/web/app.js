@@ -100,7 +100,7 @@
     $('self').textContent = state.self ? 'node ' + state.self : '';
     const items = state.nodes.map((n) => {
       const status = n.status || 'unknown';
-      return el('li', { 'data-node': n.name, 'data-status': status },
+      return el('li', { 'data-node': n.name, 'data-status': status, title: n.message || '' },
         el('span', { className: 'dot' }), el('strong', {}, n.name),
         n.name === state.self ? el('span', { className: 'muted' }, ' (this node)') : null,
         el('span', { className: 'state' }, status),
@@ -192,10 +192,11 @@
     const name = isDir
       ? el('a', { href: hashFromPath(entry.path) }, entry.name + '/')
       : el('span', {}, entry.name);
-    const etags = new Set(Object.values(entry.nodes || {}).map((m) => m.etag).filter(Boolean));
+    // ETags embed each machine's inode, so only sizes tell copies apart for sure.
+    const sizes = new Set(Object.values(entry.nodes || {}).map((m) => m.size).filter((n) => n !== undefined));
     const head = el('div', { className: 'entry-head' },
       el('span', { className: 'name' }, el('span', { className: 'icon' }), name),
-      etags.size > 1 ? el('span', { className: 'differs', title: 'the copies are not identical' }, 'differs') : null,
+      sizes.size > 1 ? el('span', { className: 'differs', title: 'the copies are not identical' }, 'sizes differ') : null,
       el('a', { className: 'zip-all', 'data-zip-path': entry.path }, 'Download from all nodes (ZIP)'));
     const chips = order.map((node) => {
       const meta = (entry.nodes || {})[node];
