@@ -61,7 +61,7 @@ def verify_zip(url: str, path: str, member_size: int, data_path: str) -> str:
 def main(argv=None) -> str:
     p = c.base_parser(__doc__.split("\n\n")[0], "256M")
     p.add_argument("--naive-size", default="64M", help="member size for the naive deflating recipe (default 64M)")
-    p.add_argument("--naive-runs", type=int, default=3, help="runs for the naive recipe (default 3)")
+    p.add_argument("--naive-runs", type=int, default=3, help="runs for the naive recipe (default 3; 0 = skip)")
     p.add_argument("--no-double", action="store_true", help="skip the run at twice --size")
     p.add_argument("--verify", action="store_true",
                    help="also download each archive once to disk and check it with zipfile (sizes, CRCs)")
@@ -140,11 +140,13 @@ def main(argv=None) -> str:
                                         {"NAIVE_MODE": "zip", "NAIVE_UPSTREAMS": ",".join([back.base_url] * 3)}))
             return c.measure("", proc, f"{proc.base_url}/f.bin", None, args.naive_runs, min_mbps=0.5)
 
-        naive = b.attempt("naive: requests + zipstream ZIP_DEFLATED -> nginx", "waitress", naive_row)
+        naive = b.attempt("naive: requests + zipstream ZIP_DEFLATED -> nginx", "waitress", naive_row) \
+            if args.naive_runs > 0 else c.na("naive", "skipped (--naive-runs 0)")
         results.append(naive)
         ref = results[1] if len(results) > 1 else None
-        rows.append([naive.label, f"3 x {c.fmt_size(naive_size)}"] + c.result_cells(naive) +
-                    ["", c._f(c.ratio(naive, ref), ".2f"), "(reference)", ""])
+        if args.naive_runs > 0:
+            rows.append([naive.label, f"3 x {c.fmt_size(naive_size)}"] + c.result_cells(naive) +
+                        ["", c._f(c.ratio(naive, ref), ".2f"), "(reference)", ""])
         notes = [f"{args.runs} runs, ZIP and forwarding interleaved ({args.naive_runs} for the naive row), median (min-max) MB/s of the bytes "
                  "received (MB = 10^6 B), curl to /dev/null, page cache warm; every node under waitress, "
                  f"{args.threads} threads; all 3 copies are hard links of one random file.",
@@ -157,7 +159,7 @@ def main(argv=None) -> str:
         return c.print_table(f"Cluster ZIP, GET /cluster/files/f.bin on node a, file on 3 nodes",
                              ["system", "data", "MB/s", "CPU s/GiB", "peak RSS MiB", "peers RSS MiB",
                               "x forwarding", "target", "met"], rows,
-                             notes + notes_extra + c.error_notes(results))
+                             notes + notes_extra + c.error_notes([r for r in results if r.label != "naive"]))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import argparse
 import atexit
 import http.client
 import os
+import random
 import shutil
 import signal
 import socket
@@ -430,8 +431,9 @@ def start_wsgi(workdir: str, name: str, server: str, module: str, host: str, thr
 
 
 def start_node(workdir: str, config: str, node: str, host: str, port: int, *, server: str = "waitress",
-               threads: int = 8, ready_timeout: float = 20.0) -> Proc:
-    """Start wsgi_stream node `node` (its url in `config` must be http://host:port)."""
+               threads: int = 8, ready_timeout: float = 20.0, env: dict | None = None) -> Proc:
+    """Start wsgi_stream node `node` (its url in `config` must be http://host:port).
+    `env`: extra environment variables for the node process (e.g. MALLOC_ARENA_MAX)."""
     if not os.path.exists(os.path.join(REPO_ROOT, "serve.py")) and server == "waitress":
         raise Unavailable("serve.py not in the repository yet")
     if not os.path.isdir(os.path.join(REPO_ROOT, "wsgi_stream")):
@@ -441,12 +443,13 @@ def start_node(workdir: str, config: str, node: str, host: str, port: int, *, se
         argv = [PYTHON, "serve.py", "--config", config, "--node", node, "--threads", str(threads)]
         try:
             proc = start_process(name, argv, os.path.join(workdir, "logs"), cwd=REPO_ROOT, host=host, port=port,
-                                 ready_timeout=ready_timeout)
+                                 ready_timeout=ready_timeout, env=env)
         except RuntimeError as exc:
             raise Unavailable(str(exc)) from exc
     else:
-        env = {"WSGI_STREAM_CONFIG": config, "WSGI_STREAM_NODE": node}
-        argv, penv = server_argv(server, "wsgi_stream.wsgi:application", host, port, threads, REPO_ROOT, env)
+        wenv = {"WSGI_STREAM_CONFIG": config, "WSGI_STREAM_NODE": node}
+        argv, penv = server_argv(server, "wsgi_stream.wsgi:application", host, port, threads, REPO_ROOT, wenv)
+        penv.update(env or {})
         if shutil.which(argv[0]) is None:
             raise Unavailable(f"{argv[0]} not installed")
         try:
@@ -556,15 +559,58 @@ def _one_run(t: Target, max_time: float) -> tuple[int, float, str]:
     return run_bytes, run_secs, ""
 
 
+def machine_busy(interval: float = 0.5) -> float:
+    """Fraction of all CPUs busy over `interval` seconds (from /proc/stat)."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v), idle
+    t0, i0 = snap()
+    time.sleep(interval)
+    t1, i1 = snap()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+WAIT_IDLE = {"max_seconds": 0.0, "threshold": 0.15, "samples": []}
+
+
+def wait_idle() -> None:
+    """Before a round of runs: wait (at most WAIT_IDLE['max_seconds']) until other
+    processes leave the machine nearly idle; record how busy it was."""
+    if WAIT_IDLE["max_seconds"] <= 0:
+        return
+    deadline = time.monotonic() + WAIT_IDLE["max_seconds"]
+    busy = machine_busy()
+    while busy > WAIT_IDLE["threshold"] and time.monotonic() < deadline:
+        busy = machine_busy()
+    WAIT_IDLE["samples"].append(busy)
+
+
+def busy_note() -> str:
+    s = WAIT_IDLE["samples"]
+    if not s:
+        return ""
+    return (f"Other load: the machine was {statistics.median(s) * 100:.0f}% busy (median; max {max(s) * 100:.0f}%) "
+            f"just before the rounds of runs (waited up to {WAIT_IDLE['max_seconds']:g}s for it to fall below "
+            f"{WAIT_IDLE['threshold'] * 100:.0f}%); load average now {os.getloadavg()[0]:.2f}.")
+
+
 def measure_group(items: list, runs: int) -> list[Result]:
-    """Measure several Targets with their runs interleaved (run 1 of each, then run 2 ...),
-    so that background noise hits every system alike. Result items (already n/a) pass through."""
+    """Measure several Targets with their runs interleaved (run 1 of each in a shuffled
+    order, then run 2 ...), so that background noise hits every system alike. Result items (already n/a) pass through."""
     state = {}
     for i, t in enumerate(items):
         if isinstance(t, Target):
             state[i] = {"cpu0": sum(cpu_seconds(p.pid) for p in t.procs), "speeds": [], "bytes": 0, "error": ""}
+    rng = random.Random(1)
     for _ in range(runs):
-        for i, st in state.items():
+        if state:
+            wait_idle()
+        order = list(state)
+        rng.shuffle(order)  # no system is always first (right after the idle wait) or last
+        for i in order:
+            st = state[i]
             if st["error"]:
                 continue
             t = items[i]
@@ -575,6 +621,8 @@ def measure_group(items: list, runs: int) -> list[Result]:
                 continue
             st["bytes"] += nbytes
             st["speeds"].append(nbytes / secs / 1e6 if secs > 0 else 0.0)
+            if len(st["speeds"]) == 1:
+                st["rss1"] = peak_rss_mib((t.rss_proc or t.procs[0]).pid)
             for p in t.procs:
                 p.remember_tree()
     out = []
@@ -592,6 +640,7 @@ def measure_group(items: list, runs: int) -> list[Result]:
             res.mbps_min, res.mbps_max = min(st["speeds"]), max(st["speeds"])
             res.cpu_per_gib = (cpu1 - st["cpu0"]) / (st["bytes"] / GiB) if st["bytes"] else None
             res.rss_mib = peak_rss_mib((t.rss_proc or t.procs[0]).pid)
+            res.extra["rss1"] = st.get("rss1")
             if t.after is not None:
                 try:
                     t.after(res)
@@ -648,6 +697,11 @@ def print_table(title: str, header: list[str], rows: list[list[str]], notes: lis
     if notes:
         out.append("")
         out += [f"- {n}" for n in notes]
+        if any("peak RSS" in h for h in header):
+            out.append(f"- {RSS_NOTE}")
+    bn = busy_note()
+    if bn:
+        out.append(f"- {bn}")
     out.append("")
     text = "\n".join(out)
     print(text, flush=True)
@@ -659,7 +713,14 @@ def result_cells(r: Result) -> list[str]:
         return ["n/a", "n/a", "n/a"]
     d = ".0f" if r.mbps >= 20 else ".2f"
     spread = f"{r.mbps:{d}} ({r.mbps_min:{d}}-{r.mbps_max:{d}})"
-    return [spread, _f(r.cpu_per_gib, ".2f" if (r.cpu_per_gib or 0) < 100 else ".0f"), _f(r.rss_mib, ".1f")]
+    rss = _f(r.rss_mib, ".1f")
+    if r.extra.get("rss1") is not None:
+        rss += f" ({r.extra['rss1']:.1f})"
+    return [spread, _f(r.cpu_per_gib, ".2f" if (r.cpu_per_gib or 0) < 100 else ".0f"), rss]
+
+
+RSS_NOTE = ("peak RSS MiB = VmHWM of the serving process after all the runs (in brackets: after the first run); "
+            "the RSS target is checked against the value after all runs.")
 
 
 def error_notes(results: list[Result]) -> list[str]:
@@ -684,6 +745,9 @@ def base_parser(description: str, default_size: str) -> argparse.ArgumentParser:
                         "files are cached there when --keep)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (test files, configs, logs) at the end")
     p.add_argument("--quick", action="store_true", help="small sizes and 2 runs: a smoke test, not a measurement")
+    p.add_argument("--wait-idle", type=float, default=20.0,
+                   help="before each round of runs, wait up to this many seconds for the machine to be "
+                        "under 15%% busy (other processes); 0 = don't (default 20)")
     return p
 
 
@@ -701,6 +765,8 @@ class Bench:
             self.own_dir = True
         self.procs: list[Proc] = []
         self._ip = 10
+        WAIT_IDLE["max_seconds"] = getattr(args, "wait_idle", 0.0) or 0.0
+        WAIT_IDLE["samples"] = []
 
     def host(self) -> str:
         """A fresh 127.0.0.x loopback address for the next server."""

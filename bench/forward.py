@@ -33,11 +33,14 @@ def main(argv=None) -> str:
     p.add_argument("--servers", default="waitress",
                    help="WSGI servers to run the forwarding node a under (peer b is always waitress); "
                         "e.g. waitress,uwsgi,gunicorn (default waitress)")
+    p.add_argument("--arena-max", type=int, default=2,
+                   help="also run node a (waitress) with MALLOC_ARENA_MAX=N, to show glibc's per-thread "
+                        "malloc arenas in the peak RSS (0 = skip; default 2)")
     p.add_argument("--naive-size", default="1M",
                    help="file size for the naive iter_content() forwarder (1-byte chunks; default 1M)")
     p.add_argument("--naive8k-size", default="64M",
                    help="file size for the naive iter_content(8192) forwarder (default 64M)")
-    p.add_argument("--naive-runs", type=int, default=3, help="runs for the naive forwarders (default 3)")
+    p.add_argument("--naive-runs", type=int, default=3, help="runs for the naive forwarders (default 3; 0 = skip)")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.runs, args.naive_size, args.naive8k_size, args.naive_runs = "64M", 2, "256K", "16M", 1
@@ -66,7 +69,7 @@ def main(argv=None) -> str:
             c.probe(url)
             return c.Target([front], [url], size)
 
-        def node_row(server, peer_is_nginx):
+        def node_row(server, peer_is_nginx, env=None):
             def fn():
                 ha, hb = b.host(), b.host()
                 pa = c.free_port(ha)
@@ -75,12 +78,13 @@ def main(argv=None) -> str:
                     url_b = peer.base_url
                 else:
                     url_b = f"http://{hb}:{c.free_port(hb)}"
-                cfg = c.write_cluster_config(b.path(f"forward-{server}-{int(peer_is_nginx)}.toml"),
+                cfg = c.write_cluster_config(b.path(f"forward-{server}-{int(peer_is_nginx)}-{pa}.toml"),
                                              {"a": (f"http://{ha}:{pa}", root_a), "b": (url_b, root_b)})
                 if not peer_is_nginx:
                     peer = b.track(c.start_node(b.workdir, cfg, "b", hb, int(url_b.rsplit(":", 1)[1]),
                                                 threads=args.threads))
-                node_a = b.track(c.start_node(b.workdir, cfg, "a", ha, pa, server=server, threads=args.threads))
+                node_a = b.track(c.start_node(b.workdir, cfg, "a", ha, pa, server=server, threads=args.threads,
+                                              env=env))
                 url = f"{node_a.base_url}/nodes/b/files/big.bin"
                 c.probe(url)
 
@@ -107,6 +111,9 @@ def main(argv=None) -> str:
                 label = ("wsgi_stream a -> nginx as peer b" if peer_is_nginx
                          else "wsgi_stream a -> wsgi_stream b")
                 items.append(b.prepare(label, server, node_row(server, peer_is_nginx)))
+        if args.arena_max:
+            items.append(b.prepare(f"wsgi_stream a -> wsgi_stream b, a with MALLOC_ARENA_MAX={args.arena_max}",
+                                   "waitress", node_row("waitress", False, {"MALLOC_ARENA_MAX": str(args.arena_max)})))
         results = b.run(items, args.runs)
         nginx = results[0]
         rows = []
@@ -123,6 +130,8 @@ def main(argv=None) -> str:
                                            "naive: requests iter_content() (default, 1-byte chunks) -> nginx"),
                                           (8192, "naive8k.bin", naive8k_size,
                                            "naive: requests iter_content(8192) -> nginx")):
+            if args.naive_runs <= 0:
+                continue
             naive = b.attempt(label, "waitress", naive_row(chunk, name, nsize))
             results.append(naive)
             rows.append([label, "waitress", c.fmt_size(nsize)]

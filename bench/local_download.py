@@ -107,7 +107,7 @@ def main(argv=None) -> str:
                              c._f(vs_nginx, ".2f"), target, met_s])
         rows.append(["nginx", "sendfile, 1 worker"] + c.result_cells(nginx) + ["", "1.00" if nginx.ok else "n/a",
                                                                                 "(reference)", ""])
-        notes = [f"{c.fmt_size(size)} random file, page cache warm, {args.runs} runs interleaved across systems, median (min-max) MB/s "
+        notes = [f"{c.fmt_size(size)} random file, page cache warm, {args.runs} runs interleaved across systems (shuffled each round), median (min-max) MB/s "
                  f"(MB = 10^6 B), curl to /dev/null; {args.threads} threads per WSGI server.",
                  "CPU s/GiB = utime+stime of the server process tree; peak RSS = VmHWM of the serving process.",
                  "met: 'NO (a, b, c)' lists each part of the target in order."]

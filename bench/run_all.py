@@ -38,6 +38,7 @@ def main(argv=None) -> None:
     p.add_argument("--only", default=",".join(SCRIPTS), help=f"subset of {','.join(SCRIPTS)}")
     p.add_argument("--servers", default="waitress,uwsgi,gunicorn", help="servers for local_download.py")
     p.add_argument("--out", default=None, help="also write the tables (Markdown) to this file")
+    p.add_argument("--wait-idle", type=float, default=20.0, help="see the scripts' --wait-idle")
     p.add_argument("--workdir", default=None)
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
@@ -48,7 +49,8 @@ def main(argv=None) -> None:
     try:
         for name in [n.strip() for n in args.only.split(",") if n.strip()]:
             mod = SCRIPTS[name]
-            sub = ["--runs", str(args.runs), "--threads", str(args.threads), "--workdir", workdir, "--keep"]
+            sub = ["--runs", str(args.runs), "--threads", str(args.threads), "--workdir", workdir, "--keep",
+                   "--wait-idle", str(args.wait_idle)]
             if args.quick:
                 sub.append("--quick")
             if args.size:
