@@ -233,6 +233,33 @@ def test_whole_file_goes_through_the_servers_file_wrapper(cluster, server, tmp_p
         assert sent == BLOB_SIZE, calls
 
 
+def test_stalled_whole_file_downloads_do_not_hold_worker_threads(cluster, server):
+    """More stalled whole-file downloads than threads: /healthz still answers at once.
+
+    waitress leaves the rest of a file_wrapper to its I/O loop; uwsgi hands it to an offload
+    thread (deploy/uwsgi.ini: offload-threads). gunicorn's sendfile() runs in the request's thread
+    and blocks there (no send timeout): each stalled client holds a thread (docs/servers.md).
+    """
+    if server == "gunicorn":
+        pytest.skip("gunicorn sends a whole file from the request's thread; a stalled client holds it")
+    a = cluster["a"]
+    big = a.root / "stall.bin"
+    with open(big, "wb") as f:
+        f.truncate(256 << 20)  # sparse: bigger than what the socket buffers absorb
+    stalled = [raw_get(a, "/files/stall.bin", rcvbuf=4096) for _ in range(12)]  # the node has 8 threads
+    try:
+        for s in stalled:
+            assert s.recv(12).startswith(b"HTTP/1.1 200")
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, _, _ = request(a, "GET", "/healthz")
+        assert status == 200 and time.monotonic() - started < 1.0
+    finally:
+        for s in stalled:
+            s.close()
+        big.unlink()
+
+
 # -- through a peer, cluster ZIP, uploads -----------------------------------------------------
 
 def test_forwarded_download(cluster):
