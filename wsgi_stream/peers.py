@@ -222,10 +222,10 @@ def peer_list(app, request, node: str, path: str) -> "Reply":
 
 
 def forward_upload(app, request, node: str, path: str) -> "Reply":
-    """PUT through this node to a peer: not built yet (owned by the uploads work)."""
-    # TODO(uploads): stream request.stream to the peer's PUT /files/{path}; replace this stub.
-    raise ApiError("Uploading through another node is not implemented yet.", status=501,
-                   code="not_implemented")
+    """PUT through this node to a peer; the streaming upload lives with the uploads."""
+    from . import uploads  # uploads imports this module
+
+    return uploads.forward_upload(app, request, node, path)
 
 
 # -- cluster health --------------------------------------------------------------------------------
