@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--size", default=None, help="override every script's --size")
     p.add_argument("--only", default=",".join(SCRIPTS), help=f"subset of {','.join(SCRIPTS)}")
-    p.add_argument("--servers", default="waitress,uwsgi,gunicorn", help="servers for local_download.py")
+    p.add_argument("--servers", default="waitress,uwsgi,gunicorn", help="WSGI servers for local_download.py, forward.py and upload.py")
     p.add_argument("--out", default=None, help="also write the tables (Markdown) to this file")
     p.add_argument("--wait-idle", type=float, default=20.0, help="see the scripts' --wait-idle")
     p.add_argument("--workdir", default=None)
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
                 sub.append("--quick")
             if args.size:
                 sub += ["--size", args.size]
-            if name == "local":
+            if name in ("local", "forward", "upload"):
                 sub += ["--servers", args.servers]
             t0 = time.monotonic()
             try:
