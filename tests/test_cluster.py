@@ -14,14 +14,13 @@ import zipfile
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 import webtest
 
 import support
-from faultproxy import FaultProxy, proxied_cluster
+from faultproxy import proxied_cluster
 from test_zipfmt import check_archive, save_sparse
 from wsgi_stream import ClusterArchive, make_app
 from wsgi_stream.cluster import wsgi_error
@@ -411,10 +410,13 @@ def test_past_4_gib_and_memory_flat_while_zipping_3_nodes(cluster_factory, tmp_p
             for n in "abc"}
     put(cl["a"].root, "dump/small.txt", b"small")
     out = tmp_path / "big.zip"
+    started = time.monotonic()
     with requests.get(cl["a"].url + "/cluster/files/dump", stream=True) as r:
         assert r.status_code == 200
         length = int(r.headers["Content-Length"])
         assert save_sparse(r.iter_content(MiB), out) == length
+    print(f"{length / MiB:.0f} MiB in {time.monotonic() - started:.1f} s; node a peak RSS "
+          f"{cl['a'].rss_peak_kib() // 1024} MiB")
     assert length > sum(sizes.values())
     infos = check_archive(out, unzip=False)  # unzip -t needs ~5 s per GiB
     assert [i.filename for i in infos] == ["a/dump/core.bin", "a/dump/small.txt", "b/dump/core.bin",

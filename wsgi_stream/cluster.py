@@ -25,7 +25,7 @@ from . import listing, local
 from .errors import ApiError, BadGateway, BadRequest, GatewayTimeout, NotFound, StreamBroken, error_body, error_headers
 from .paths import clean_relpath, resolve
 from .peers import quote_path
-from .zipfmt import SizeMismatch, StreamingZip, check_name
+from .zipfmt import StreamingZip, check_name
 
 log = logging.getLogger("wsgi_stream.cluster")
 
@@ -320,8 +320,8 @@ def _report_pieces(path: str | None, results: list[NodeResult], generated: list[
 
     yield f'{{"path": {dump(path)},\n "nodes": {{'.encode()
     for i, r in enumerate(results):
-        head = f'{"," if i else ""}\n  {dump(r.node)}: {{"status": {dump(r.status)}, "message": {dump(r.message)}, "files": ['
-        yield head.encode()
+        yield (f'{"," if i else ""}\n  {dump(r.node)}: {{"status": {dump(r.status)}, '
+               f'"message": {dump(r.message)}, "files": [').encode()
         for j, item in enumerate(r.files):
             line = (f'{"," if j else ""}\n    {{"name": {dump(item.member)}, "size": {item.size}, '
                     f'"crc32": "{crc_hex(item.member)}"}}')
@@ -350,12 +350,13 @@ class ClusterArchive:
         self.app = app
         self.path = None if path is None else clean_relpath(path)
         self.created = time.time()
-        names = list(app.config.nodes) if nodes is None else list(nodes)
-        for name in names:
+        wanted = set(app.config.nodes if nodes is None else nodes)
+        for name in wanted:
             app.peers.node(name)  # 404 for an unknown node
+        names = [name for name in app.config.nodes if name in wanted]
         self.results = [] if self.path is None else plan_cluster(app, self.path, names)
         if self.path is not None:
-            _check_found(self.results, f"{self.path or 'the root folder'!r}")
+            _check_found(self.results, repr(self.path) if self.path else "the root folder")
         if strict and any(r.failed for r in self.results):
             detail = "; ".join(f"{r.node}: {r.message or 'entries left out'}" for r in self.results if r.failed)
             raise BadGateway(f"Not every node could deliver ({detail}).", code="nodes_failed")
@@ -434,8 +435,10 @@ class ClusterArchive:
                 raise StreamBroken(f"archive came out at {sent} bytes instead of {length}")
             if held is not None:
                 yield held
-        except (SizeMismatch, ValueError, RuntimeError, OSError) as exc:
-            raise StreamBroken(str(exc)) from exc
+        except StreamBroken:
+            raise
+        except Exception as exc:  # SizeMismatch, a zipstream RuntimeError, ...: the plan no longer holds
+            raise StreamBroken(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.close()
 
