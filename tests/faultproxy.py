@@ -112,7 +112,8 @@ class FaultProxy:
         with self._lock:
             return len(self._links)
 
-    def set(self, mode: str, *, cut_after: int = 0, times: int | None = None, drop: bool = True) -> "FaultProxy":
+    def set(self, mode: str, *, cut_after: int = 0, times: int | None = None,
+            drop: bool = True) -> "FaultProxy":
         """Change the behaviour of new connections; `drop` closes the ones open now."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")

@@ -16,7 +16,9 @@ import os
 import socket
 import struct
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
 
@@ -188,7 +190,8 @@ def test_conditionals_304_and_412(hop):
     r = hop.get("/nodes/b/files/data.bin", {"If-Modified-Since": modified})
     assert r.status_code == 304
     _json_error(hop.get("/nodes/b/files/data.bin", {"If-Match": '"nope"'}), 412)
-    _json_error(hop.get("/nodes/b/files/data.bin", {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}), 412)
+    old_date = "Mon, 01 Jan 2001 00:00:00 GMT"
+    _json_error(hop.get("/nodes/b/files/data.bin", {"If-Unmodified-Since": old_date}), 412)
     assert hop.get("/nodes/b/files/data.bin", {"If-Match": etag, "Range": "bytes=0-0"}).status_code == 206
 
 
@@ -286,6 +289,52 @@ def test_api_nodes_with_a_stalled_peer(hop):
     doc = hop.get("/api/nodes").json()
     assert time.monotonic() - started < 2.5
     assert [n["status"] for n in doc["nodes"]] == ["ok", "down", "down", "ok"]
+
+
+# -- peers that are not what the config says ------------------------------------------------------
+
+def test_peer_with_another_token_is_502_not_401(cluster_factory, tmp_path):
+    cl = cluster_factory(names=("a", "b"), start=["a"], token=TOKEN)
+    other = tmp_path / "other.toml"
+    other.write_text(cl.config_path.read_text().replace(TOKEN, "a-different-token"))
+    support.launch(cl["b"], other).wait_ready()
+    (cl["b"].root / "f.txt").write_text("f")
+    r = requests.get(cl["a"].url + "/nodes/b/files/f.txt", headers=AUTH, timeout=10)
+    doc = _json_error(r, 502, "peer_unauthorized")
+    assert "WWW-Authenticate" not in r.headers and "Node b" in doc["message"]
+
+
+class _Impostor(BaseHTTPRequestHandler):
+    """Not a wsgi_stream node: fails every file with 500 and calls itself "zz"."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body, status = (b'{"node": "zz", "status": "ok"}', 200) if self.path == "/healthz" else (b"oops", 500)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_peer_5xx_and_wrong_identity(cluster_factory):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        impostor = f"http://127.0.0.1:{server.server_port}"
+        cl = cluster_factory(names=("a", "b"), start=["a"], urls={"b": impostor})
+        doc = _json_error(requests.get(cl["a"].url + "/nodes/b/files/f.txt", timeout=10), 502, "peer_error")
+        assert "Node b" in doc["message"] and "500" in doc["message"]
+        nodes = requests.get(cl["a"].url + "/api/nodes", timeout=10).json()["nodes"]
+        assert nodes[1]["status"] == "down" and "'zz'" in nodes[1]["message"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 # -- faults ---------------------------------------------------------------------------------------

@@ -102,7 +102,8 @@ class PeerBody:
                  chunk_size: int):
         self.response, self.first, self.node, self.path = response, first, node, path
         self.chunk_size = chunk_size
-        self.expected = response.length_remaining + len(first) if response.length_remaining is not None else None
+        remaining = response.length_remaining
+        self.expected = None if remaining is None else remaining + len(first)
         self.sent = 0
         self.released = False
 
@@ -239,7 +240,8 @@ def node_health(app, name: str) -> tuple[str, str]:
         try:
             data = response.read(64 * 1024)
         finally:
-            response.close()
+            if response.length_remaining != 0:  # not read to its end: not reusable
+                response.close()
             response.release_conn()
     except ApiError as exc:
         return "down", exc.message
