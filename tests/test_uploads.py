@@ -78,6 +78,23 @@ def raw_response(sock: socket.socket) -> tuple[int, bytes]:
     return response.status, response.read()
 
 
+def refused_body_is_not_a_request(node, path: str) -> None:
+    """A body refused before it was read must never be parsed as a next request on the connection."""
+    smuggled = b"PUT /files/smuggled.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nX"
+    with socket.create_connection((node.host, node.port), timeout=15) as s:
+        s.sendall(f"PUT /files/{path} HTTP/1.1\r\nHost: x\r\nIf-None-Match: *\r\n"
+                  f"Content-Length: {len(smuggled)}\r\n\r\n".encode() + smuggled)
+        s.shutdown(socket.SHUT_WR)
+        received = b""
+        try:
+            while data := s.recv(65536):
+                received += data
+        except OSError:
+            pass
+    assert received.startswith(b"HTTP/1.1 412 ") and received.count(b"HTTP/1.1 ") == 1, received
+    assert not (node.root / "smuggled.txt").exists()
+
+
 def wait_for(predicate, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -196,6 +213,7 @@ def test_if_none_match_star(cl):
     assert_json_error(put(a, "cond/once.txt", b"second", {"If-None-Match": "*"}), 412, "precondition_failed")
     etag = requests.head(f"{a.url}/files/cond/once.txt").headers["ETag"]
     assert_json_error(put(a, "cond/once.txt", b"second", {"If-None-Match": etag}), 412)
+    refused_body_is_not_a_request(a, "cond/once.txt")
     assert snapshot(a.root) == before
 
 
@@ -271,6 +289,18 @@ def test_uploads_off(cluster_factory):
     assert_json_error(r, 405)
     assert r.headers["Allow"] == "GET, HEAD"
     assert snapshot(cluster["a"].root) == {} and snapshot(cluster["b"].root) == {}
+
+
+def test_token(cluster_factory):
+    cluster = cluster_factory(("a", "b"), uploads=True, token="s3cret")
+    a, b = cluster["a"], cluster["b"]
+    assert_json_error(put(a, "t.txt", b"x"), 401)
+    assert_json_error(requests.put(f"{a.url}/nodes/b/files/t.txt", data=b"x"), 401)
+    auth = {"Authorization": "Bearer s3cret"}
+    assert put(a, "t.txt", b"x", auth).status_code == 201
+    assert requests.put(f"{a.url}/nodes/b/files/t.txt", data=b"on b", headers=auth).status_code == 201
+    assert (b.root / "t.txt").read_bytes() == b"on b"
+    assert snapshot(a.root) == {"t.txt": hashlib.sha256(b"x").hexdigest()}
 
 
 # -- faults ----------------------------------------------------------------------------------------
@@ -485,6 +515,7 @@ def test_other_servers(cluster_factory, server):
     # refused before the body is read: the answer still arrives, and the connection is closed
     r = put(a, "uw/plain.bin", b"y" * 300_000, {"If-None-Match": "*"})
     assert_json_error(r, 412)
+    refused_body_is_not_a_request(a, "uw/plain.bin")
     for head, rest in ((b"Content-Length: 100\r\n", b"z" * 50), (b"Transfer-Encoding: chunked\r\n", b"64\r\nz")):
         with socket.create_connection((a.host, a.port), timeout=15) as s:
             s.sendall(b"PUT /files/uw/short.bin HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + rest)
