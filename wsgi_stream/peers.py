@@ -127,7 +127,8 @@ class PeerBody:
         log.warning("stream from node %s broke off: %s, %d of %s bytes sent (%s)", self.node, self.path,
                     self.sent, "?" if self.expected is None else self.expected, exc or "short body")
         self.close()
-        raise StreamBroken(f"Node {self.node} broke off {self.path} after {self.sent} bytes.") from exc
+        # The warning above names the cause; the chain would only lengthen the server's traceback.
+        raise StreamBroken(f"Node {self.node} broke off {self.path} after {self.sent} bytes.") from None
 
     def _release(self) -> None:
         if not self.released:
