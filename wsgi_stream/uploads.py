@@ -217,27 +217,30 @@ def _storage_errors(where: str):
         raise error from exc
 
 
-def make_parents(root: Path, directory: Path) -> list[Path]:
-    """Create the missing folders down to `directory` (inside `root`); the ones made, outermost first."""
-    missing = []
-    probe = directory
+def _file_in_the_way() -> Conflict:
+    return Conflict("A parent of that path is a file.", code="parent_not_directory")
+
+
+def make_parents(directory: Path) -> list[Path]:
+    """Create the missing folders down to `directory`; the ones made, outermost first."""
+    missing, probe = [], directory
     while not probe.is_dir():
         if probe.exists() or probe.is_symlink():
-            raise Conflict("A parent of that path is a file.", code="parent_not_directory")
+            raise _file_in_the_way()
         missing.append(probe)
         probe = probe.parent
     made = []
-    for path in reversed(missing):
-        try:
-            os.mkdir(path)
-            made.append(path)
-        except FileExistsError:
-            if not path.is_dir():  # another upload made it first is fine; a file is not
-                remove_dirs(made)
-                raise Conflict("A parent of that path is a file.", code="parent_not_directory") from None
-        except NotADirectoryError:
-            remove_dirs(made)
-            raise Conflict("A parent of that path is a file.", code="parent_not_directory") from None
+    try:
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+                made.append(path)
+            except FileExistsError:
+                if not path.is_dir():  # another upload made it first is fine; a file is not
+                    raise
+    except (FileExistsError, NotADirectoryError):
+        remove_dirs(made)
+        raise _file_in_the_way() from None
     return made
 
 
@@ -265,12 +268,6 @@ def _locked(dir_fd: int):
         fcntl.flock(dir_fd, fcntl.LOCK_UN)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _stat_or_none(path: Path) -> os.stat_result | None:
     try:
         return path.stat()
@@ -285,26 +282,33 @@ def _stat_at(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
+def _write(fd: int, blocks, digests: dict[str, bytes]) -> dict[str, str]:
+    """Write `blocks` to `fd` and check them against `digests`: the hex digests, or 400."""
+    hashes = {name: DIGESTS[name]() for name in digests}
+    for data in blocks:
+        for h in hashes.values():
+            h.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    for name, h in hashes.items():
+        if h.digest() != digests[name]:
+            raise BadRequest(f"The body does not match its Content-Digest ({name}); nothing was stored.",
+                             code="digest_mismatch")
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
 def store(target: Path, blocks, digests: dict[str, bytes], headers) -> Stored:
     """Write `blocks` to a temporary file beside `target`, verify, fsync and rename it into place."""
     dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    temp = None
+    temp = TEMP_PREFIX + secrets.token_hex(8)
     try:
         old = _stat_at(target.name, dir_fd)
-        temp = TEMP_PREFIX + secrets.token_hex(8)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
         try:
             if old is not None and stat_mod.S_ISREG(old.st_mode):
                 os.fchmod(fd, stat_mod.S_IMODE(old.st_mode))  # a replaced file keeps its mode
-            hashes = {name: DIGESTS[name]() for name in digests}
-            for data in blocks:
-                for h in hashes.values():
-                    h.update(data)
-                _write_all(fd, data)
-            for name, h in hashes.items():
-                if h.digest() != digests[name]:
-                    raise BadRequest(f"The body does not match its Content-Digest ({name}); nothing was stored.",
-                                     code="digest_mismatch")
+            sums = _write(fd, blocks, digests)
             os.fsync(fd)
             with _locked(dir_fd):
                 old = _stat_at(target.name, dir_fd)
@@ -312,7 +316,7 @@ def store(target: Path, blocks, digests: dict[str, bytes], headers) -> Stored:
                 os.replace(temp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 temp = None
             os.fsync(dir_fd)
-            st = os.fstat(fd)
+            return Stored(os.fstat(fd), old is not None, sums)
         finally:
             os.close(fd)
     finally:
@@ -322,7 +326,6 @@ def store(target: Path, blocks, digests: dict[str, bytes], headers) -> Stored:
             except FileNotFoundError:
                 pass
         os.close(dir_fd)
-    return Stored(st, old is not None, {name: h.hexdigest() for name, h in hashes.items()})
 
 
 def _fsync_dirs(paths) -> None:
@@ -361,6 +364,18 @@ def _closing(error: ApiError, body: RequestBody | None, environ: dict) -> ApiErr
     return error
 
 
+def _check_put(app, request, rel: str) -> tuple[Path, int | None, dict[str, bytes]]:
+    """What is decided before the body is read: target, length, digests to check; else 4xx."""
+    if not rel:
+        raise Conflict("That path is a directory.", code="is_directory")
+    target = resolve(app.root, rel)
+    length = declared_length(request.environ)
+    check_size(length, app.config.max_upload_size)
+    digests = wanted_digests(request.headers.get("Content-Digest"))
+    check_replace(request.headers, _stat_or_none(target))
+    return target, length, digests
+
+
 def put_file(app, request, path: str):
     """PUT /files/{path}: store the body atomically; 201 (new) or 204 (replaced) with the new ETag."""
     from .app import Reply, json_reply  # app imports this module
@@ -369,29 +384,22 @@ def put_file(app, request, path: str):
         raise _closing(uploads_off(), None, request.environ)
     rel, body, made = clean_relpath(path), None, []
     try:
-        if not rel:
-            raise Conflict("That path is a directory.", code="is_directory")
-        target = resolve(app.root, rel)
-        length = declared_length(request.environ)
-        check_size(length, app.config.max_upload_size)
-        digests = wanted_digests(request.headers.get("Content-Digest"))
-        check_replace(request.headers, _stat_or_none(target))
+        target, length, digests = _check_put(app, request, rel)
         with _storage_errors(rel):
-            made = make_parents(app.root, target.parent)
+            made = make_parents(target.parent)
             if resolve(app.root, rel) != target:  # a symlink appeared in what we just walked
                 raise Conflict("The path changed while it was being created.")
             _check_free_space(target.parent, length)
             body = RequestBody(request.environ, length, app.chunk_size, app.config.max_upload_size,
                                app.config.read_timeout)
             stored = store(target, body, digests, request.headers)
-            _fsync_dirs([p.parent for p in made])
-    except ApiError as error:
+            _fsync_dirs([p.parent for p in made])  # the new folders' own entries
+    except BaseException as error:
         remove_dirs(made)
+        if not isinstance(error, ApiError):
+            raise
         log.warning("upload of %s refused: %d %s", rel or "/", error.status, error.message)
         raise _closing(error, body, request.environ) from None
-    except BaseException:
-        remove_dirs(made)
-        raise
     etag = file_etag(stored.st)
     sums = "".join(f", {name} {value}" for name, value in stored.digests.items())
     log.info("stored %s (%d bytes%s)", rel, stored.st.st_size, sums)
