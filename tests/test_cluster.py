@@ -411,7 +411,7 @@ def test_past_4_gib_and_memory_flat_while_zipping_3_nodes(cluster_factory, tmp_p
     print(f"{length / MiB:.0f} MiB in {time.monotonic() - started:.1f} s; node a peak RSS "
           f"{cl['a'].rss_peak_kib() // 1024} MiB")
     assert length > sum(sizes.values())
-    infos = check_archive(out, unzip=False)  # unzip -t needs ~5 s per GiB
+    infos = check_archive(out, unzip=False, testzip=False)  # 7z t checks every CRC, much faster
     assert [i.filename for i in infos] == ["a/dump/core.bin", "a/dump/small.txt", "b/dump/core.bin",
                                            "c/dump/core.bin", "_cluster.json"]
     report = json.loads(zipfile.ZipFile(out).read("_cluster.json"))
