@@ -267,7 +267,8 @@ def _open_peer(app, item: FileItem, offset: int):
     _close_response(response)
     if status >= 500:
         raise _Retry(f"node {item.node} answered {status}")
-    raise StreamBroken(f"{item.member} changed on node {item.node} (answered {status} {ranged or ''})".strip())
+    answer = f"{status}, {ranged}" if ranged else str(status)
+    raise StreamBroken(f"{item.member} changed on node {item.node} (it answered {answer})")
 
 
 def _read(response, remaining: int, chunk_size: int) -> Iterator[bytes]:
