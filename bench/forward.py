@@ -6,11 +6,11 @@ Compared, in the same run, with
   * node a forwarding from nginx standing in as peer b (isolates the forwarder);
   * the naive recipe (bench/naive_app.py under waitress: requests, stream=True,
     iter_content() with its default chunk size of 1 byte) from nginx, on a
-    much smaller file (--naive-size, default 1 MiB) because it is so slow, and
+    much smaller file (--naive-size, default 512 KiB) because it is so slow, and
     the same with iter_content(8192) (--naive8k-size, default 64 MiB).
 
     python bench/forward.py [--size 1G] [--runs 5] [--threads 8] [--servers waitress]
-        [--naive-size 1M] [--naive8k-size 64M] [--naive-runs 3] [--keep] [--workdir DIR] [--quick]
+        [--naive-size 512K] [--naive8k-size 64M] [--naive-runs 3] [--keep] [--workdir DIR] [--quick]
 
 Targets: >= 0.7x nginx proxy_pass, <= 60 MiB peak RSS on the forwarding node.
 """
@@ -31,13 +31,13 @@ NGINX_TARGET = 0.7
 def main(argv=None) -> str:
     p = c.base_parser(__doc__.split("\n\n")[0], "1G")
     p.add_argument("--servers", default="waitress",
-                   help="WSGI servers to run the forwarding node a under (peer b is always waitress); "
+                   help="WSGI servers to run the forwarding node a under (peer b, when a wsgi_stream node, runs under the same server); "
                         "e.g. waitress,uwsgi,gunicorn (default waitress)")
     p.add_argument("--arena-max", type=int, default=2,
                    help="also run node a (waitress) with MALLOC_ARENA_MAX=N, to show glibc's per-thread "
                         "malloc arenas in the peak RSS (0 = skip; default 2)")
-    p.add_argument("--naive-size", default="1M",
-                   help="file size for the naive iter_content() forwarder (1-byte chunks; default 1M)")
+    p.add_argument("--naive-size", default="512K",
+                   help="file size for the naive iter_content() forwarder (1-byte chunks; default 512K)")
     p.add_argument("--naive8k-size", default="64M",
                    help="file size for the naive iter_content(8192) forwarder (default 64M)")
     p.add_argument("--naive-runs", type=int, default=3, help="runs for the naive forwarders (default 3; 0 = skip)")
@@ -82,7 +82,7 @@ def main(argv=None) -> str:
                                              {"a": (f"http://{ha}:{pa}", root_a), "b": (url_b, root_b)})
                 if not peer_is_nginx:
                     peer = b.track(c.start_node(b.workdir, cfg, "b", hb, int(url_b.rsplit(":", 1)[1]),
-                                                threads=args.threads))
+                                                server=server, threads=args.threads))
                 node_a = b.track(c.start_node(b.workdir, cfg, "a", ha, pa, server=server, threads=args.threads,
                                               env=env))
                 url = f"{node_a.base_url}/nodes/b/files/big.bin"

@@ -54,7 +54,7 @@ def disk_fsync_mbps(path: str, size: int) -> float | None:
 def main(argv=None) -> str:
     p = c.base_parser(__doc__.split("\n\n")[0], "1G")
     p.add_argument("--servers", default="waitress",
-                   help="WSGI servers to run node a under (peer b is always waitress), e.g. waitress,uwsgi,gunicorn")
+                   help="WSGI servers to run node a under (peer b runs under the same server), e.g. waitress,uwsgi,gunicorn")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.runs = "64M", 2
@@ -94,7 +94,8 @@ def main(argv=None) -> str:
                 cfg = c.write_cluster_config(b.path(f"upload-{server}-{int(through)}.toml"),
                                              {"a": (f"http://{ha}:{pa}", root_a), "b": (f"http://{hb}:{pb}", root_b)},
                                              uploads=True)
-                peer = b.track(c.start_node(b.workdir, cfg, "b", hb, pb, threads=args.threads)) if through else None
+                peer = (b.track(c.start_node(b.workdir, cfg, "b", hb, pb, server=server, threads=args.threads))
+                        if through else None)
                 node_a = b.track(c.start_node(b.workdir, cfg, "a", ha, pa, server=server, threads=args.threads))
                 prefix = "/nodes/b/files" if through else "/files"
                 dest_root = root_b if through else root_a
@@ -140,7 +141,10 @@ def main(argv=None) -> str:
                  "interleaved across systems, "
                  f"median (min-max) MB/s (MB = 10^6 B); {args.threads} threads per WSGI server; each upload replaces "
                  "the previous one.",
-                 "CPU s/GiB and peak RSS: the process the client talks to (node a / nginx front); 'peer RSS' is node b's.",
+                 "CPU s/GiB and peak RSS: the process the client talks to (node a / nginx front); 'peer RSS' is node b's "
+                 "(same WSGI server as a).",
+                 "waitress reads a whole request body (to a temporary file past 512 KiB) before it calls the app, so "
+                 "under waitress an upload is received, then stored: not pipelined; uwsgi and gunicorn stream it.",
                  f"Disk under the work dir: {c._f(disk, '.0f')} MB/s for {c.fmt_size(min(size, c.GiB))} written + fsync "
                  "(wsgi_stream fsyncs every upload before the rename, nginx WebDAV does not)."]
         return c.print_table(f"Upload, curl -T {c.fmt_size(size)}",
