@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"waitress worker threads (default {DEFAULT_THREADS})")
     p.add_argument("--grace", type=float, default=30.0,
                    help="seconds running downloads may take to finish after SIGTERM (default 30)")
+    p.add_argument("--client-timeout", type=int, default=120,
+                   help="seconds before closing a connection whose client sends or reads nothing (default 120)")
     p.add_argument("--check", action="store_true",
                    help="check the config and reach every peer's /healthz, print one line per node, then exit")
     p.add_argument("--demo", action="store_true", help="start a three-node demo cluster on loopback")
@@ -90,6 +92,39 @@ def _stop_listening(server) -> None:
             dispatcher.socket.close()
 
 
+class BrokenStreamFilter(logging.Filter):
+    """Turns waitress's traceback for a deliberately cut response (StreamBroken) into one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from wsgi_stream.errors import StreamBroken
+
+        if record.exc_info and isinstance(record.exc_info[1], StreamBroken):
+            record.msg, record.args = "%s: connection closed early: %s", (record.getMessage(), record.exc_info[1])
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        return True
+
+
+def cut_stalled_clients(server) -> None:
+    """Also close connections whose client stopped reading mid-response for channel_timeout seconds.
+
+    waitress only times out connections between requests; a client that stays connected but reads
+    nothing would otherwise hold a worker thread (forwarded files, ZIPs, ranges) for ever.
+    """
+    log = logging.getLogger("wsgi_stream")
+    timeout = server.adj.channel_timeout
+    original = server.maintenance
+
+    def maintenance(now):
+        original(now)
+        for channel in list(server.active_channels.values()):
+            if channel.requests and channel.total_outbufs_len and channel.last_activity < now - timeout:
+                log.warning("closing connection from %s: it read nothing for %ds", channel.addr[0], timeout)
+                # Not will_close: that waits for the socket to turn writable, which it never will.
+                channel.handle_close()
+
+    server.maintenance = maintenance
+
+
 def install_graceful_shutdown(server, gate: ShutdownGate, grace: float) -> None:
     """SIGTERM/SIGINT: stop accepting, let running responses finish up to `grace` s, then end the loop.
 
@@ -137,14 +172,16 @@ def run_node(args, parser_error) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = make_app(config, node)
     gate = ShutdownGate(app)
-    # Keep a slow client's pending output in memory and small: waitress would otherwise queue up to
-    # 16 MiB per connection and spill to temporary files beyond 1 MiB.
-    high_watermark = 4 * config.chunk_size
+    logging.getLogger("waitress").addFilter(BrokenStreamFilter())
+    # Keep a slow client's pending output in memory and small (at most about two chunks): waitress
+    # would otherwise queue up to 16 MiB per connection and spill to temporary files beyond 1 MiB.
     server = waitress.create_server(
         gate, listen=listen, threads=args.threads, ident="wsgi_stream",
-        outbuf_high_watermark=high_watermark, outbuf_overflow=high_watermark + config.chunk_size,
+        outbuf_high_watermark=config.chunk_size, outbuf_overflow=3 * config.chunk_size,
         connection_limit=max(100, 2 * args.threads), clear_untrusted_proxy_headers=True,
+        channel_timeout=args.client_timeout, cleanup_interval=max(1, min(30, args.client_timeout // 2)),
         max_request_body_size=server_body_limit(config))  # waitress's default refuses uploads >= 1 GiB
+    cut_stalled_clients(server)
     install_graceful_shutdown(server, gate, args.grace)
     logging.getLogger("wsgi_stream").info("node %s serving %s on http://%s (%d threads)",
                                           node, app.root, listen, args.threads)

@@ -186,3 +186,25 @@ def test_demo_starts_three_nodes_and_stops_them_on_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_client_that_stops_reading_is_cut_and_frees_its_thread(tmp_path):
+    node = start_node(tmp_path, "--client-timeout", "2")
+    node_threads = 4
+    try:
+        stalled = []
+        for _ in range(node_threads):  # range answers are generators: each holds a worker thread
+            s = Client()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((node.host, node.port))
+            s.sendall(b"GET /files/big.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=1-\r\n\r\n")
+            stalled.append(s)
+        time.sleep(6)
+        conn = http.client.HTTPConnection(node.host, node.port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        assert "read nothing for 2s" in node.log()
+        for s in stalled:
+            assert len(read_all(s, timeout=5)) < 8 << 20  # cut, not completed
+    finally:
+        node.stop()

@@ -204,7 +204,8 @@ class _AccessLogEntry:
 
     def finish(self, sent: int, note: str = "") -> None:
         env = self.environ
-        path = env.get("PATH_INFO", "")
+        # PEP 3333 hands PATH_INFO over as latin-1 decoded bytes; show the UTF-8 name a user typed.
+        path = env.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
         if env.get("QUERY_STRING"):
             path += "?" + env["QUERY_STRING"]
         access_log.info('%s "%s %s" %d %d %.3fs%s', env.get("REMOTE_ADDR", "-"), env.get("REQUEST_METHOD"),

@@ -12,13 +12,18 @@ def _from_environment():
     config = os.environ.get("WSGI_STREAM_CONFIG")
     node = os.environ.get("WSGI_STREAM_NODE")
     if not config or not node:
-        sys.exit("wsgi_stream: set WSGI_STREAM_CONFIG (path of the TOML file) and WSGI_STREAM_NODE (node name)")
+        message = "set WSGI_STREAM_CONFIG (path of the TOML file) and WSGI_STREAM_NODE (node name)"
+        print(f"wsgi_stream: {message}", file=sys.stderr, flush=True)
+        raise ConfigError(message)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return make_app(config, node)
     except ConfigError as exc:
-        sys.exit(f"wsgi_stream: {exc}")
+        # One clear line, then an exception (not SystemExit): gunicorn and uwsgi treat a failed
+        # import as a boot error and stop, where they would respawn an exiting worker for ever.
+        print(f"wsgi_stream: {exc}", file=sys.stderr, flush=True)
+        raise
 
 
 application = _from_environment()
