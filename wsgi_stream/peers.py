@@ -67,12 +67,18 @@ class PeerClient:
         headers = dict(headers or {})
         if self.config.token:
             headers["Authorization"] = f"Bearer {self.config.token}"
-        try:
-            return self.pool.request(method, node.url + url_path, headers=headers, body=body,
-                                     preload_content=False, decode_content=False, redirect=False,
-                                     retries=False, timeout=timeout or self.timeout)
-        except (HTTPError, OSError) as exc:
-            raise request_failure(name, exc) from exc
+        for attempt in (1, 2):
+            try:
+                return self.pool.request(method, node.url + url_path, headers=headers, body=body,
+                                         preload_content=False, decode_content=False, redirect=False,
+                                         retries=False, timeout=timeout or self.timeout)
+            except ProtocolError as exc:
+                # A pooled keep-alive connection the peer closed just as we reused it fails before
+                # any answer (uwsgi closes after every response); a fresh one is safe for GET/HEAD.
+                if attempt == 2 or method not in ("GET", "HEAD"):
+                    raise request_failure(name, exc) from exc
+            except (HTTPError, OSError) as exc:
+                raise request_failure(name, exc) from exc
 
     def get_json(self, name: str, url_path: str) -> dict:
         """GET a JSON document from peer `name`; a non-2xx answer becomes an ApiError with its status."""
@@ -147,18 +153,6 @@ class PeerBody:
         self._release()
 
 
-def _upstream(app, name: str, method: str, url_path: str, headers: dict) -> urllib3.BaseHTTPResponse:
-    """The peer's response, headers read; one retry when a pooled connection turns out dead."""
-    try:
-        return app.peers.request(name, method, url_path, headers)
-    except BadGateway as exc:
-        # A keep-alive connection the peer closed just as we reused it fails before any answer;
-        # asking again on a new connection is safe for GET and HEAD.
-        if not isinstance(exc.__cause__, ProtocolError) or method not in ("GET", "HEAD"):
-            raise
-    return app.peers.request(name, method, url_path, headers)
-
-
 def _first_block(response: urllib3.BaseHTTPResponse, name: str, chunk_size: int) -> bytes:
     """The body's first bytes (whatever arrives first); failing here is still a clean 502/504."""
     try:
@@ -188,7 +182,7 @@ def forward(app, request, name: str, url_path: str, method: str | None = None) -
 
     method = method or request.method
     headers = {k: request.headers[k] for k in FORWARDED_REQUEST_HEADERS if k in request.headers}
-    response = _upstream(app, name, method, url_path, headers)
+    response = app.peers.request(name, method, url_path, headers)
     error = _peer_error(response, name)
     if error is not None:
         response.close()
