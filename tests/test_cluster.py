@@ -382,7 +382,8 @@ def test_client_going_away_closes_the_upstream_at_once(cluster_factory):
     response.read(2 * MiB)
     conn.sock.close()
     conn.close()
-    deadline = time.monotonic() + 10
+    # Were the upstream response left open, b would block on its full socket and never log the GET.
+    deadline = time.monotonic() + 30
     while True:
         lines = [line for line in cl["b"].log().splitlines() if '"GET /files/big.bin" 200' in line]
         if lines:
