@@ -367,6 +367,24 @@ def test_concurrent_conditional_uploads_one_wins(cl):
         assert (a.root / f"race/once-{round_}.bin").read_bytes() == winner * (4 << 20)
 
 
+def test_condition_checked_again_right_before_the_rename(tmp_path):
+    # The winner lands while the loser's body is still streaming: the loser's rename must not happen.
+    from werkzeug.datastructures import Headers
+
+    from wsgi_stream import errors, uploads
+
+    target = tmp_path / "once.bin"
+
+    def body():
+        yield b"loser " * 1000
+        target.write_bytes(b"winner")
+        yield b"loser"
+
+    with pytest.raises(errors.PreconditionFailed):
+        uploads.store(target, body(), {}, Headers({"If-None-Match": "*"}))
+    assert snapshot(tmp_path) == {"once.bin": hashlib.sha256(b"winner").hexdigest()}
+
+
 def test_lingering_temp_files_are_invisible(cl):
     a = cl["a"]
     (a.root / "tmpvis").mkdir()
