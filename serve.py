@@ -116,11 +116,15 @@ def cut_stalled_clients(server) -> None:
 
     def maintenance(now):
         original(now)
-        for channel in list(server.active_channels.values()):
-            if channel.requests and channel.total_outbufs_len and channel.last_activity < now - timeout:
-                log.warning("closing connection from %s: it read nothing for %ds", channel.addr[0], timeout)
-                # Not will_close: that waits for the socket to turn writable, which it never will.
-                channel.handle_close()
+        stalled = [channel for channel in list(server.active_channels.values())
+                   if channel.requests and channel.total_outbufs_len and channel.last_activity < now - timeout]
+        for channel in stalled:
+            log.warning("closing connection from %s: it read nothing for %ds", channel.addr[0], timeout)
+        if stalled:
+            # Not will_close: that waits for the socket to turn writable, which it never will. And not
+            # here: maintenance runs while waitress builds its select() lists, so a socket closed now
+            # could be handed to select(); the trigger runs the close after select() returned.
+            server.trigger.pull_trigger(lambda: [channel.handle_close() for channel in stalled])
 
     server.maintenance = maintenance
 
