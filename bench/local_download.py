@@ -109,7 +109,7 @@ def main(argv=None) -> str:
                                                                                 "(reference)", ""])
         notes = [f"{c.fmt_size(size)} random file, page cache warm, {args.runs} runs interleaved across systems (shuffled each round), median (min-max) MB/s "
                  f"(MB = 10^6 B), curl to /dev/null; {args.threads} threads per WSGI server.",
-                 "CPU s/GiB = utime+stime of the server process tree; peak RSS = VmHWM of the serving process.",
+                 "CPU s/GiB = utime+stime of the server process tree, per GiB sent.",
                  "met: 'NO (a, b, c)' lists each part of the target in order."]
         return c.print_table(f"Local download, GET /files/big.bin ({c.fmt_size(size)})",
                              ["server", "app", "MB/s", "CPU s/GiB", "peak RSS MiB", "x bare", "x nginx",
