@@ -1,6 +1,6 @@
 """wsgi_stream under gunicorn — settings for long streaming downloads and uploads.
 
-See docs/servers.md for why each one is here. Start one node with:
+See README.md, section Servers, for why each one is here. Start one node with:
 
     WSGI_STREAM_CONFIG=/etc/wsgi_stream/cluster.toml WSGI_STREAM_NODE=a \
         gunicorn -c deploy/gunicorn.conf.py -b 0.0.0.0:8001

@@ -50,7 +50,7 @@ def server_command(server: str, config: Path, name: str, host: str, port: int, t
     """The command line and environment that run node `name` under `server`.
 
     uwsgi and gunicorn run with the settings we ship (deploy/uwsgi.ini, deploy/gunicorn.conf.py);
-    only the listening address and the thread count are given here (docs/servers.md).
+    only the listening address and the thread count are given here (README.md, "Servers").
     """
     env = dict(os.environ, WSGI_STREAM_CONFIG=str(config), WSGI_STREAM_NODE=name, PYTHONUNBUFFERED="1")
     if server == "waitress":

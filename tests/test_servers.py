@@ -241,7 +241,7 @@ def test_stalled_whole_file_downloads_do_not_hold_worker_threads(cluster, server
 
     waitress leaves the rest of a file_wrapper to its I/O loop; uwsgi hands it to an offload
     thread (deploy/uwsgi.ini: offload-threads). gunicorn's sendfile() runs in the request's thread
-    and blocks there (no send timeout): each stalled client holds a thread (docs/servers.md).
+    and blocks there (no send timeout): each stalled client holds a thread (README.md, "Servers").
     """
     if server == "gunicorn":
         pytest.skip("gunicorn sends a whole file from the request's thread; a stalled client holds it")
@@ -354,7 +354,7 @@ def test_gthread_stream_outlives_the_worker_timeout(cluster_factory):
 
 
 def documented_command(server, config, host, port):
-    """The command line of docs/servers.md (no thread override: the deploy file's 64)."""
+    """The command line of the README's Servers section (no thread override: the deploy file's 64)."""
     if server == "uwsgi":
         return ["uwsgi", "--ini", "deploy/uwsgi.ini", "--http-socket", f"{host}:{port}"]
     return [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "-b", f"{host}:{port}"]
