@@ -31,6 +31,9 @@ def main(argv=None) -> str:
     p = c.base_parser(__doc__.split("\n\n")[0], "1G")
     p.add_argument("--servers", default="waitress,uwsgi,gunicorn",
                    help="comma-separated WSGI servers to run both apps under (default waitress,uwsgi,gunicorn)")
+    p.add_argument("--arena-max", type=int, default=2,
+                   help="also run the node under waitress with MALLOC_ARENA_MAX=N, to show glibc's per-thread "
+                        "malloc arenas in the peak RSS (0 = skip; default 2)")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.runs = "64M", 2
@@ -67,13 +70,14 @@ def main(argv=None) -> str:
                 return c.Target([proc], [url], size)
             return fn
 
-        def node_row(server):
+        def node_row(server, env=None):
             def fn():
                 host = b.host()
                 port = c.free_port(host)
-                cfg = c.write_cluster_config(b.path(f"local-{server}.toml"),
+                cfg = c.write_cluster_config(b.path(f"local-{server}-{port}.toml"),
                                              {"a": (f"http://{host}:{port}", root)})
-                proc = b.track(c.start_node(b.workdir, cfg, "a", host, port, server=server, threads=args.threads))
+                proc = b.track(c.start_node(b.workdir, cfg, "a", host, port, server=server, threads=args.threads,
+                                            env=env))
                 url = f"{proc.base_url}/files/big.bin"
                 c.probe(url)
                 return c.Target([proc], [url], size)
@@ -84,12 +88,19 @@ def main(argv=None) -> str:
         for server in servers:
             items.append(b.prepare("bare file_wrapper app", server, bare_row(server)))
             items.append(b.prepare("wsgi_stream /files/", server, node_row(server)))
+        arena = args.arena_max and "waitress" in servers
+        if arena:
+            items.append(b.prepare(f"wsgi_stream /files/, MALLOC_ARENA_MAX={args.arena_max}", "waitress",
+                                   node_row("waitress", {"MALLOC_ARENA_MAX": str(args.arena_max)})))
         results = b.run(items, args.runs)
         nginx = results[0]
         rows = []
-        for k, server in enumerate(servers):
-            bare, node = results[1 + 2 * k], results[2 + 2 * k]
-            for r in (bare, node):
+        pairs = [(server, results[1 + 2 * k], results[2 + 2 * k]) for k, server in enumerate(servers)]
+        if arena:
+            pairs.insert(servers.index("waitress") + 1,
+                         ("waitress", results[1 + 2 * servers.index("waitress")], results[-1]))
+        for server, bare, node in pairs:
+            for r in ((bare, node) if node is not results[-1] or not arena else (node,)):
                 vs_bare = c.ratio(r, bare) if r is node else None
                 vs_nginx = c.ratio(r, nginx)
                 if r is node:
