@@ -493,7 +493,34 @@ def start_node(workdir: str, config: str, node: str, host: str, port: int, *, se
                                  stop_signal=signal.SIGINT if server == "uwsgi" else signal.SIGTERM)
         except RuntimeError as exc:
             raise Unavailable(str(exc)) from exc
+    _wait_app(proc, ready_timeout)
     return proc
+
+
+def _wait_app(proc: Proc, timeout: float) -> None:
+    """uwsgi and gunicorn listen before the app is loaded: wait for any HTTP answer
+    on /healthz, or for the process to die (then its log says why)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.popen.poll() is not None:
+            proc.stop()
+            raise Unavailable(f"{proc.name} exited with status {proc.popen.returncode}: {proc.tail()}")
+        conn = http.client.HTTPConnection(proc.host, proc.port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            time.sleep(0.3)  # a worker that fails right after its first answer shows up here
+            if proc.popen.poll() is None:
+                proc.remember_tree()
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            proc.stop()
+            raise Unavailable(f"{proc.name} gave no HTTP answer within {timeout:g}s: {proc.tail()}")
+        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------
@@ -902,6 +929,16 @@ class Bench:
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return False
+
+
+def run_main(main) -> None:
+    """Entry point of a script: Ctrl-C stops every started process and exits 130, quietly."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
+        print("interrupted: every process started was stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def machine_line() -> str:

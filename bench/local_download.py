@@ -128,4 +128,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    c.run_main(main)

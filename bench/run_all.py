@@ -77,4 +77,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    c.run_main(main)
