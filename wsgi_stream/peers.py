@@ -166,12 +166,12 @@ def _first_block(response: urllib3.BaseHTTPResponse, name: str, chunk_size: int)
         raise BadGateway(f"Node {name} broke off its answer.", code="peer_broken") from exc
 
 
-def _peer_error(response: urllib3.BaseHTTPResponse, name: str) -> ApiError | None:
-    """The error to answer instead of the peer's own, for answers that are not the client's business."""
+def peer_failure(response: urllib3.BaseHTTPResponse, name: str) -> ApiError | None:
+    """The 502 to answer instead of a peer's 401 or 5xx (not the client's business), else None."""
     if response.status == 401:
         return BadGateway(f"Node {name} refused this node's token; the cluster token must be the same "
                           "on every node.", code="peer_unauthorized")
-    if response.status >= 500:
+    if response.status >= 500 and response.status != 507:  # 507 (peer disk full) is the client's news
         return BadGateway(f"Node {name} failed with status {response.status}.", code="peer_error")
     return None
 
@@ -183,7 +183,7 @@ def forward(app, request, name: str, url_path: str, method: str | None = None) -
     method = method or request.method
     headers = {k: request.headers[k] for k in FORWARDED_REQUEST_HEADERS if k in request.headers}
     response = app.peers.request(name, method, url_path, headers)
-    error = _peer_error(response, name)
+    error = peer_failure(response, name)
     if error is not None:
         response.close()
         response.release_conn()

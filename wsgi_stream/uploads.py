@@ -25,6 +25,7 @@ from .errors import (ApiError, BadGateway, BadRequest, InsufficientStorage, Meth
                      PayloadTooLarge, PreconditionFailed)
 from .local import check_preconditions, file_etag
 from .paths import TEMP_PREFIX, clean_relpath, resolve
+from . import peers
 from .peers import quote_path
 
 log = logging.getLogger("wsgi_stream.uploads")
@@ -469,10 +470,8 @@ def _send_to_peer(app, node: str, url_path: str, headers: dict, body: RequestBod
         raise BadGateway(f"Node {node} broke off its answer to the upload.", code="peer_broken") from exc
     finally:
         response.release_conn()
-    if response.status == 401:
-        raise BadGateway(f"Node {node} refused this node's token; the cluster token must be the same "
-                         "on every node.", code="peer_unauthorized")
-    if response.status >= 500 and response.status != 507:  # 507 (peer disk full) is the client's news
-        raise BadGateway(f"Node {node} failed with status {response.status}.", code="peer_error")
+    failure = peers.peer_failure(response, node)
+    if failure is not None:
+        raise failure
     passed = [(k, response.headers[k]) for k in PASSED_HEADERS if k in response.headers]
     return response.status, passed, data
