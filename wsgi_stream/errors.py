@@ -26,8 +26,16 @@ class BadRequest(ApiError):
     status, code = 400, "bad_request"
 
 
+class IncompleteBody(BadRequest):
+    code = "incomplete_body"
+
+
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "not_writable"
 
 
 class NotFound(ApiError):
@@ -36,6 +44,14 @@ class NotFound(ApiError):
 
 class MethodNotAllowed(ApiError):
     status, code = 405, "method_not_allowed"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class LengthRequired(ApiError):
+    status, code = 411, "length_required"
 
 
 class PreconditionFailed(ApiError):

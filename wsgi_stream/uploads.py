@@ -21,8 +21,9 @@ import urllib3
 from urllib3.exceptions import HTTPError, ProtocolError
 from werkzeug.http import parse_dict_header
 
-from .errors import (ApiError, BadGateway, BadRequest, InsufficientStorage, MethodNotAllowed,
-                     PayloadTooLarge, PreconditionFailed)
+from .errors import (ApiError, BadGateway, BadRequest, Conflict, Forbidden, IncompleteBody,
+                     InsufficientStorage, LengthRequired, MethodNotAllowed, PayloadTooLarge,
+                     PreconditionFailed)
 from .local import check_preconditions, file_etag
 from .paths import TEMP_PREFIX, clean_relpath, resolve
 from . import peers
@@ -43,22 +44,6 @@ PEER_WRITE_RATE = 8 << 20
 UNKNOWN_LENGTH_WAIT = 600.0
 # Used only where the file system refuses flock() on a directory.
 _FALLBACK_LOCK = threading.Lock()
-
-
-class Conflict(ApiError):
-    status, code = 409, "conflict"
-
-
-class LengthRequired(ApiError):
-    status, code = 411, "length_required"
-
-
-class Forbidden(ApiError):
-    status, code = 403, "not_writable"
-
-
-class IncompleteBody(BadRequest):
-    code = "incomplete_body"
 
 
 def uploads_off() -> MethodNotAllowed:
