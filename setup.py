@@ -15,5 +15,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "webtest>=3.0"],
+        # ISA-L's CRC-32, about 9x zlib's: faster cluster ZIPs, used when installed.
+        "fast": ["isal>=1.0"],
     },
 )
