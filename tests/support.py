@@ -168,3 +168,14 @@ def launch(node: NodeProcess, config: Path, server: str = "waitress", threads: i
     node.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     return node
+
+
+def raw_get(node: NodeProcess, path: str, extra: bytes = b"", rcvbuf: int | None = None) -> socket.socket:
+    """Send `GET path` on a raw socket (optionally with a small receive buffer) and return the socket unread."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(30)
+    s.connect((node.host, node.port))
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {node.host}\r\n".encode() + extra + b"\r\n")
+    return s

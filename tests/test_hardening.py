@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import support
+
 POOL_MAXSIZE = 16  # wsgi_stream.peers.PeerClient: idle keep-alive connections kept per peer
 
 
@@ -70,13 +72,7 @@ def expected(kind: str, a, b, name: str) -> bytes | None:
 
 
 def open_download(node, path, extra=b"", rcvbuf=None) -> socket.socket:
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(30)
-    s.connect((node.host, node.port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {node.host}\r\nConnection: close\r\n".encode() + extra + b"\r\n")
-    return s
+    return support.raw_get(node, path, b"Connection: close\r\n" + extra, rcvbuf)
 
 
 def read_head(s: socket.socket) -> tuple[int, dict, bytes]:

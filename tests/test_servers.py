@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -174,14 +173,7 @@ def test_long_utf8_path(cluster):
     assert (status, body) == (200, b"deep\n")
 
 
-def raw_get(node, path, extra=b"", rcvbuf=None):
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(30)
-    s.connect((node.host, node.port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + extra + b"\r\n")
-    return s
+raw_get = support.raw_get
 
 
 def test_aborted_download_does_not_break_the_next(cluster):
