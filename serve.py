@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 from wsgi_stream.config import ConfigError, check_node, load_config, single_node_config
+from wsgi_stream.errors import ApiError
+from wsgi_stream.peers import PeerClient
+from wsgi_stream.replies import shutting_down, status_line
 
 # Each download that is not a plain local file (a forwarded file, a cluster ZIP) keeps one waitress
 # thread busy for as long as it runs; many long downloads at once need many threads.
@@ -70,11 +73,9 @@ class ShutdownGate:
     def __call__(self, environ, start_response):
         if not self.closing:
             return self.app(environ, start_response)
-        body = b'{"error": "shutting_down", "message": "This node is shutting down; try another node or retry."}\n'
-        start_response("503 Service Unavailable", [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-            ("Retry-After", "5")])
-        return [body]
+        reply = shutting_down()
+        start_response(status_line(reply.status), reply.headers)
+        return reply.body
 
 
 def _busy_channels(server) -> int:
@@ -213,9 +214,6 @@ def run_node(args, parser_error) -> None:
 
 def run_check(args, parser_error) -> int:
     """Check the config and every peer; one line per node; 0 when all is well, 1 otherwise."""
-    from wsgi_stream.errors import ApiError
-    from wsgi_stream.peers import PeerClient
-
     config, node = resolve_config(args, parser_error)
     client = PeerClient(config, node)
     problems = 0
@@ -227,9 +225,9 @@ def run_check(args, parser_error) -> int:
             continue
         started = time.monotonic()
         try:
-            health = client.get_json(name, "/healthz")
-            if health.get("node") != name:
-                raise ApiError(f"its /healthz says it is node {health.get('node')!r}, not {name!r}")
+            status, message = client.health(name)
+            if status != "ok":
+                raise ApiError(message)
             client.get_json(name, "/list/")  # proves the token is accepted
             print(f"  {name:<12} {peer.url:<32} ok ({(time.monotonic() - started) * 1000:.0f} ms)")
         except ApiError as exc:

@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from urllib3.exceptions import HTTPError
 from werkzeug.http import parse_date
 
 from . import listing, local
-from .errors import ApiError, BadGateway, BadRequest, GatewayTimeout, NotFound, StreamBroken, error_body, error_headers
+from .config import LocalNode
+from .errors import ApiError, BadGateway, NotFound, StreamBroken
 from .paths import clean_relpath, resolve
-from .peers import quote_path
+from .peers import PeerClient, PeerResponse, quote_path
 from .zipfmt import StreamingZip, check_name
 
 log = logging.getLogger("wsgi_stream.cluster")
@@ -32,7 +32,6 @@ log = logging.getLogger("wsgi_stream.cluster")
 REPORT_NAME = "_cluster.json"
 # Pauses before the 1st, 2nd and 3rd retry of a peer stream that made no progress.
 RETRY_BACKOFF = (0.2, 0.5, 1.0)
-_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass
@@ -67,29 +66,14 @@ class NodeResult:
 
 # -- the request's options -----------------------------------------------------------------------
 
-def selected_nodes(app, request) -> list[str]:
-    """The nodes `?nodes=a,b` asks for, in config order (all by default); 404 for an unknown one."""
-    value = request.args.get("nodes")
-    if value is None:
-        return list(app.config.nodes)
-    wanted = {name.strip() for name in value.split(",") if name.strip()}
-    if not wanted:
-        raise BadRequest("?nodes= names no node.")
-    for name in sorted(wanted):
-        if name not in app.config.nodes:
-            raise NotFound(f"No node called {name!r} in this cluster.", code="unknown_node")
-    return [name for name in app.config.nodes if name in wanted]
-
-
-def _flag(request, name: str) -> bool:
-    return request.args.get(name, "").lower() in _TRUE
-
-
-def _deflate(request) -> bool:
-    value = request.args.get("compress", "").lower()
-    if value not in ("", "none", "stored", "deflate"):
-        raise BadRequest(f"?compress= must be 'deflate' or 'stored', not {value!r}.")
-    return value == "deflate"
+def select_nodes(known: list[str], wanted: Iterable[str] | None) -> list[str]:
+    """The `wanted` nodes in config order (all when None); 404 for a name not in `known`."""
+    if wanted is None:
+        return list(known)
+    wanted = set(wanted)
+    for name in sorted(wanted - set(known)):
+        raise NotFound(f"No node called {name!r} in this cluster.", code="unknown_node")
+    return [name for name in known if name in wanted]
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -131,25 +115,24 @@ def _collect(result: NodeResult, entries: Iterable, prefix: str) -> NodeResult:
     return result
 
 
-def plan_local(app, rel: str) -> NodeResult:
+def plan_local(here: LocalNode, rel: str) -> NodeResult:
     """What this node has under `rel`, from its disk."""
-    result = NodeResult(app.name, "ok")
+    result = NodeResult(here.name, "ok")
     try:
-        target = resolve(app.root, rel)
+        target = resolve(here.root, rel)
         st = os.stat(target)
     except (NotFound, FileNotFoundError, NotADirectoryError):
-        return NodeResult(app.name, "missing", "No such file or directory.")
+        return NodeResult(here.name, "missing", "No such file or directory.")
     if stat_mod.S_ISDIR(st.st_mode):
-        return _collect(result, listing.walk_files(app.root, rel), rel)
+        return _collect(result, listing.walk_files(here.root, rel), rel)
     if not stat_mod.S_ISREG(st.st_mode):
-        return NodeResult(app.name, "missing", "No such file or directory.")
+        return NodeResult(here.name, "missing", "No such file or directory.")
     entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime, "etag": local.file_etag(st)}
     return _collect(result, [entry], rel)
 
 
-def _peer_file(app, node: str, rel: str) -> NodeResult:
-    response = app.peers.request(node, "HEAD", "/files/" + quote_path(rel))
-    try:
+def _peer_file(peers: PeerClient, node: str, rel: str) -> NodeResult:
+    with peers.open(node, "HEAD", "/files/" + quote_path(rel)) as response:
         if response.status == 404:
             return NodeResult(node, "missing", "No such file or directory.")
         if response.status != 200:
@@ -163,14 +146,12 @@ def _peer_file(app, node: str, rel: str) -> NodeResult:
         entry = {"path": rel, "size": size, "etag": headers.get("ETag"),
                  "mtime": modified.timestamp() if modified else None}
         return _collect(NodeResult(node, "ok"), [entry], rel)
-    finally:
-        response.release_conn()
 
 
-def plan_peer(app, node: str, rel: str) -> NodeResult:
+def plan_peer(peers: PeerClient, node: str, rel: str) -> NodeResult:
     """What peer `node` has under `rel`: its recursive listing, or else HEAD of the file."""
     try:
-        document = app.peers.get_json(node, "/list/" + quote_path(rel) + "?recursive=1")
+        document = peers.get_json(node, "/list/" + quote_path(rel) + "?recursive=1")
     except ApiError as exc:
         if exc.status != 404:
             return NodeResult(node, "error", exc.message)
@@ -182,28 +163,28 @@ def plan_peer(app, node: str, rel: str) -> NodeResult:
     if not rel:
         return NodeResult(node, "missing", "No such directory.")
     try:
-        return _peer_file(app, node, rel)
+        return _peer_file(peers, node, rel)
     except ApiError as exc:
         return NodeResult(node, "error", exc.message)
 
 
-def _plan_node(app, node: str, rel: str) -> NodeResult:
+def _plan_node(here: LocalNode, peers: PeerClient, node: str, rel: str) -> NodeResult:
     try:
-        return plan_local(app, rel) if node == app.name else plan_peer(app, node, rel)
+        return plan_local(here, rel) if node == here.name else plan_peer(peers, node, rel)
     except Exception as exc:  # one node's surprise must not sink the others
         log.exception("planning %r on node %s", rel, node)
         return NodeResult(node, "error", f"Unexpected error asking node {node}: {type(exc).__name__}.")
 
 
-def _each_node(function, app, nodes: list[str], rel: str) -> list:
-    """`function(app, node, rel)` for every node at once, results in the order of `nodes`."""
+def _each_node(function, nodes: list[str]) -> list:
+    """`function(node)` for every node at once, results in the order of `nodes`."""
     with ThreadPoolExecutor(max_workers=max(len(nodes), 1), thread_name_prefix="cluster-plan") as pool:
-        return list(pool.map(lambda node: function(app, node, rel), nodes))
+        return list(pool.map(function, nodes))
 
 
-def plan_cluster(app, rel: str, nodes: list[str]) -> list[NodeResult]:
+def plan_cluster(here: LocalNode, peers: PeerClient, rel: str, nodes: list[str]) -> list[NodeResult]:
     """Ask every node in `nodes` concurrently what it has under `rel`."""
-    return _each_node(_plan_node, app, nodes, rel)
+    return _each_node(lambda node: _plan_node(here, peers, node, rel), nodes)
 
 
 def _check_found(results: list, what: str) -> None:
@@ -224,17 +205,17 @@ class _Retry(Exception):
     """A peer stream failed in a way worth asking again."""
 
 
-def local_chunks(app, item: FileItem) -> Iterator[bytes]:
+def local_chunks(here: LocalNode, item: FileItem) -> Iterator[bytes]:
     """The bytes of this node's file `item`, provided it is still the file that was planned."""
     try:
-        f, st, _ = local.open_file(app.root, item.path)
+        f, st, _ = local.open_file(here.root, item.path)
     except NotFound:
         raise StreamBroken(f"{item.member} disappeared after the plan") from None
     try:
         if local.file_etag(st) != item.etag:
             raise StreamBroken(f"{item.member} changed after the plan")
         try:
-            yield from local.read_range(f, 0, item.size, app.chunk_size)
+            yield from local.read_range(f, 0, item.size, here.chunk_size)
         except OSError as exc:
             raise StreamBroken(f"{item.member}: {exc}") from exc
         if local.file_etag(os.fstat(f.fileno())) != item.etag:
@@ -243,12 +224,7 @@ def local_chunks(app, item: FileItem) -> Iterator[bytes]:
         f.close()
 
 
-def _close_response(response) -> None:
-    response.close()
-    response.release_conn()
-
-
-def _open_peer(app, item: FileItem, offset: int):
+def _open_peer(peers: PeerClient, item: FileItem, offset: int) -> PeerResponse:
     """A response with the bytes of `item` from `offset` on, or _Retry / StreamBroken."""
     if offset:
         headers = {"Range": f"bytes={offset}-", "If-Range": item.etag}
@@ -257,47 +233,47 @@ def _open_peer(app, item: FileItem, offset: int):
         headers = {"If-Match": item.etag}
         expect = (200, None)
     try:
-        response = app.peers.request(item.node, "GET", "/files/" + quote_path(item.path), headers)
-    except (BadGateway, GatewayTimeout) as exc:
+        response = peers.open(item.node, "GET", "/files/" + quote_path(item.path), headers)
+    except ApiError as exc:
+        if exc.status not in (502, 504):
+            raise
         raise _Retry(exc.message) from exc
     status, ranged = response.status, response.headers.get("Content-Range")
     if (status, ranged) == expect and response.headers.get("ETag") == item.etag \
             and response.headers.get("Content-Length") == str(item.size - offset):
         return response
-    _close_response(response)
+    response.discard()
     if status >= 500:
         raise _Retry(f"node {item.node} answered {status}")
     answer = f"{status}, {ranged}" if ranged else str(status)
     raise StreamBroken(f"{item.member} changed on node {item.node} (it answered {answer})")
 
 
-def _read(response, remaining: int, chunk_size: int) -> Iterator[bytes]:
+def _read(response: PeerResponse, remaining: int, chunk_size: int) -> Iterator[bytes]:
     while remaining > 0:
         try:
-            data = response.read(min(chunk_size, remaining), decode_content=False)
-        except (HTTPError, OSError) as exc:
-            raise _Retry(f"stream broke off: {exc}") from exc
+            data = response.read(min(chunk_size, remaining))
+        except ApiError as exc:
+            raise _Retry(f"stream broke off: {exc.message} ({exc.__cause__})") from exc
         if not data:
             raise _Retry("stream ended early")
         remaining -= len(data)
         yield data
 
 
-def peer_chunks(app, item: FileItem, opened: set) -> Iterator[bytes]:
+def peer_chunks(peers: PeerClient, item: FileItem, chunk_size: int, opened: set) -> Iterator[bytes]:
     """The bytes of `item` from its peer, asking again for the rest when the stream breaks off."""
     offset, failures = 0, 0
     while True:
         response = None
         try:
-            response = _open_peer(app, item, offset)
+            response = _open_peer(peers, item, offset)
             opened.add(response)
-            for data in _read(response, item.size - offset, app.chunk_size):
+            for data in _read(response, item.size - offset, chunk_size):
                 offset += len(data)
                 failures = 0
                 yield data
-            response.release_conn()
-            opened.discard(response)
-            response = None
+            response.close()
             return
         except _Retry as exc:
             if failures >= len(RETRY_BACKOFF):
@@ -308,7 +284,7 @@ def peer_chunks(app, item: FileItem, opened: set) -> Iterator[bytes]:
         finally:
             if response is not None:
                 opened.discard(response)
-                _close_response(response)
+                response.discard()
 
 
 # -- _cluster.json -------------------------------------------------------------------------------
@@ -346,16 +322,13 @@ class ClusterArchive:
     asks no node: the archive holds only the added members and the report.
     """
 
-    def __init__(self, app, path: str | None = "", nodes: Iterable[str] | None = None, *,
-                 deflate: bool = False, strict: bool = False):
-        self.app = app
+    def __init__(self, here: LocalNode, peers: PeerClient, path: str | None = "",
+                 nodes: Iterable[str] | None = None, *, deflate: bool = False, strict: bool = False):
+        self.here, self.peers = here, peers
         self.path = None if path is None else clean_relpath(path)
         self.created = time.time()
-        wanted = set(app.config.nodes if nodes is None else nodes)
-        for name in wanted:
-            app.peers.node(name)  # 404 for an unknown node
-        names = [name for name in app.config.nodes if name in wanted]
-        self.results = [] if self.path is None else plan_cluster(app, self.path, names)
+        names = select_nodes(peers.names, nodes)
+        self.results = [] if self.path is None else plan_cluster(here, peers, self.path, names)
         if self.path is not None:
             _check_found(self.results, repr(self.path) if self.path else "the root folder")
         if strict and any(r.failed for r in self.results):
@@ -370,9 +343,9 @@ class ClusterArchive:
                 self._zip.add(item.member, self._member_chunks(item), item.size, item.mtime)
 
     def _member_chunks(self, item: FileItem) -> Iterator[bytes]:
-        if item.node == self.app.name:
-            return local_chunks(self.app, item)
-        return peer_chunks(self.app, item, self._opened)
+        if item.node == self.here.name:
+            return local_chunks(self.here, item)
+        return peer_chunks(self.peers, item, self.here.chunk_size, self._opened)
 
     def add(self, name: str, chunks: Iterable[bytes], size: int | None = None, mtime: float | None = None) -> None:
         """Add a generated member `name` (e.g. "status/service.txt"); without `size`, no Content-Length."""
@@ -447,7 +420,7 @@ class ClusterArchive:
         """Close every peer response still open (the client went away, or a member failed)."""
         for response in list(self._opened):
             self._opened.discard(response)
-            _close_response(response)
+            response.discard()
         self._zip.close()
 
     def __call__(self, environ, start_response):
@@ -459,36 +432,14 @@ class ClusterArchive:
         return self.body()
 
 
-def wsgi_error(error: ApiError, start_response) -> list[bytes]:
-    """Answer a WSGI request with `error` as JSON (for embedding code that catches the plan's ApiError)."""
-    from werkzeug.http import HTTP_STATUS_CODES
+# -- merged listings ------------------------------------------------------------------------------
 
-    body = error_body(error)
-    start_response(f"{error.status} {HTTP_STATUS_CODES.get(error.status, 'Error')}", error_headers(error, body))
-    return [body]
-
-
-# -- the endpoints -------------------------------------------------------------------------------
-
-def cluster_files(app, request, path: str):
-    """GET/HEAD /cluster/files/{path}: the ZIP of `path` from every selected node."""
-    from .app import Reply
-
-    archive = ClusterArchive(app, path, selected_nodes(app, request), deflate=_deflate(request),
-                             strict=_flag(request, "strict"))
-    headers = archive.headers()
-    if request.method == "HEAD":
-        archive.close()
-        return Reply(200, headers, [])
-    return Reply(200, headers, archive.body())
-
-
-def _list_node(app, node: str, rel: str) -> tuple[str, dict | list]:
+def _list_node(here: LocalNode, peers: PeerClient, node: str, rel: str) -> tuple[str, dict | list]:
     """(status, entries) of directory `rel` on `node`, or (status, {"message": ...})."""
     try:
-        if node == app.name:
-            return "ok", listing.list_entries(app.root, rel)
-        document = app.peers.get_json(node, "/list/" + quote_path(rel))
+        if node == here.name:
+            return "ok", listing.list_entries(here.root, rel)
+        document = peers.get_json(node, "/list/" + quote_path(rel))
     except ApiError as exc:
         return ("missing" if exc.status == 404 else "error"), {"message": exc.message}
     except Exception as exc:
@@ -530,14 +481,12 @@ def merge_listings(rel: str, answers: list[tuple[str, str, object]]) -> dict:
     return {"path": rel, "nodes": nodes, "entries": [merged[k] for k in sorted(merged)]}
 
 
-def cluster_list(app, request, path: str):
-    """GET /cluster/list/{path}: the listings of every selected node merged by name."""
-    from .app import json_reply
-
+def cluster_listing(here: LocalNode, peers: PeerClient, path: str, nodes: Iterable[str] | None = None) -> dict:
+    """The listings of folder `path` on every selected node, merged by name; 404/502 if none has it."""
     rel = clean_relpath(path)
-    names = selected_nodes(app, request)
-    answers = _each_node(_list_node, app, names, rel)
+    names = select_nodes(peers.names, nodes)
+    answers = _each_node(lambda node: _list_node(here, peers, node, rel), names)
     results = [NodeResult(node, status, value.get("message") if status != "ok" else None)
                for node, (status, value) in zip(names, answers)]
     _check_found(results, f"the folder {rel or '/'!r}")
-    return json_reply(merge_listings(rel, [(node, s, v) for node, (s, v) in zip(names, answers)]))
+    return merge_listings(rel, [(node, s, v) for node, (s, v) in zip(names, answers)])

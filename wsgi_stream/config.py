@@ -56,6 +56,15 @@ class Config:
             raise ConfigError(f"{self.source}: unknown node {name!r} (nodes: {known})") from None
 
 
+@dataclass(frozen=True)
+class LocalNode:
+    """What the capabilities need to know of the node they run on: its name, root and chunk size."""
+
+    name: str
+    root: Path
+    chunk_size: int = 1 << 20
+
+
 # key -> (accepted types, check, description of a good value)
 _CLUSTER_KEYS = {
     "token": ((str,), lambda v: len(v) > 0, "a non-empty string"),
@@ -147,6 +156,12 @@ def check_node(config: Config, name: str) -> Node:
     if not os.access(node.root, os.R_OK | os.X_OK):
         raise ConfigError(f"{config.source}: [nodes.{name}] root {str(node.root)!r} is not readable")
     return node
+
+
+def local_node(config: Config, name: str) -> LocalNode:
+    """This process's node `name`, its root checked (ConfigError otherwise)."""
+    node = check_node(config, name)
+    return LocalNode(node.name, node.root, config.chunk_size)
 
 
 def single_node_config(root: str | os.PathLike = ".", listen: str = "127.0.0.1:8080",

@@ -74,6 +74,10 @@ class GatewayTimeout(ApiError):
     status, code = 504, "gateway_timeout"
 
 
+class ServiceUnavailable(ApiError):
+    status, code = 503, "shutting_down"
+
+
 class InsufficientStorage(ApiError):
     status, code = 507, "insufficient_storage"
 

@@ -17,38 +17,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import urllib3
-from urllib3.exceptions import HTTPError, ProtocolError
 from werkzeug.http import parse_dict_header
 
-from .errors import (ApiError, BadGateway, BadRequest, Conflict, Forbidden, IncompleteBody,
+from .errors import (ApiError, BadRequest, Conflict, Forbidden, IncompleteBody,
                      InsufficientStorage, LengthRequired, MethodNotAllowed, PayloadTooLarge,
                      PreconditionFailed)
+from .config import LocalNode
 from .local import check_preconditions, file_etag
-from .paths import TEMP_PREFIX, clean_relpath, resolve
-from . import peers
-from .peers import quote_path
+from .paths import TEMP_PREFIX, resolve
+from .replies import Reply, json_reply
 
 log = logging.getLogger("wsgi_stream.uploads")
 
 # Content-Digest algorithms checked (RFC 9530, both "Active" in the IANA registry).
 DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 WANT_DIGEST = "sha-256=10, sha-512=5"
-# The client's headers a forwarded upload hands on to the peer.
-FORWARDED_HEADERS = ("If-Match", "If-None-Match", "If-Unmodified-Since", "Content-Digest", "Content-Type")
-# The peer's answer headers that come back to the client (Location is rewritten).
-PASSED_HEADERS = ("Content-Type", "ETag", "Allow", "Want-Content-Digest", "Cache-Control")
-# A peer answers a PUT only after writing and fsyncing it: allow it this many bytes per second.
-PEER_WRITE_RATE = 8 << 20
-# How long to wait for that answer when the body's length is unknown and unlimited.
-UNKNOWN_LENGTH_WAIT = 600.0
 # Used only where the file system refuses flock() on a directory.
 _FALLBACK_LOCK = threading.Lock()
 
 
-def uploads_off() -> MethodNotAllowed:
-    """The 405 answered for every PUT while `uploads` is false."""
-    return MethodNotAllowed("Uploads are turned off on this cluster.", headers=[("Allow", "GET, HEAD")])
+@dataclass(frozen=True)
+class UploadLimits:
+    """The cluster's upload settings: on or off, the size limit, the block size and peer timeouts."""
+
+    enabled: bool
+    max_size: int
+    block: int
+    read_timeout: float
+    connect_timeout: float
+
+    @classmethod
+    def of(cls, config) -> "UploadLimits":
+        """The limits a Config sets."""
+        return cls(config.uploads, config.max_upload_size, config.chunk_size, config.read_timeout,
+                   config.connect_timeout)
+
+
+def check_enabled(limits: UploadLimits, environ: dict) -> None:
+    """405 (closing the connection, the body unread) while uploads are off."""
+    if not limits.enabled:
+        raise closing(MethodNotAllowed("Uploads are turned off on this cluster.",
+                                       headers=[("Allow", "GET, HEAD")]), None, environ)
 
 
 def server_body_limit(config) -> int:
@@ -126,22 +135,14 @@ def check_replace(headers, st: os.stat_result | None) -> None:
         raise PreconditionFailed("The file does not match the request's preconditions.")
 
 
-def peer_read_timeout(config, length: int | None) -> float:
-    """Seconds to wait for a peer's answer to a forwarded PUT: it writes and fsyncs before answering."""
-    size = length if length is not None else config.max_upload_size
-    if length is None and not size:
-        return max(config.read_timeout, UNKNOWN_LENGTH_WAIT)
-    return config.read_timeout + size / PEER_WRITE_RATE
-
-
 # -- the body, whatever the server makes of it ----------------------------------------------------
 
 class RequestBody:
     """The request body as blocks of at most `block` bytes; raises IncompleteBody or 413 on the way."""
 
-    def __init__(self, environ: dict, length: int | None, block: int, limit: int, timeout: float):
-        self.environ, self.length, self.block, self.limit = environ, length, block, limit
-        self.timeout = timeout
+    def __init__(self, environ: dict, length: int | None, limits: UploadLimits):
+        self.environ, self.length = environ, length
+        self.block, self.limit, self.timeout = limits.block, limits.max_size, limits.read_timeout
         self.received = 0
         self.done = length == 0
 
@@ -334,7 +335,7 @@ def _check_free_space(directory: Path, length: int | None) -> None:
 
 # -- the endpoints --------------------------------------------------------------------------------
 
-def _must_close(environ: dict, body: RequestBody | None) -> bool:
+def must_close(environ: dict, body: RequestBody | None) -> bool:
     """Whether the unread rest of a body could be parsed as the next request on this connection.
 
     waitress reads the whole body before calling the app (and refuses hop-by-hop headers);
@@ -344,40 +345,35 @@ def _must_close(environ: dict, body: RequestBody | None) -> bool:
     return unread and "waitress.client_disconnected" not in environ
 
 
-def _closing(error: ApiError, body: RequestBody | None, environ: dict) -> ApiError:
-    if _must_close(environ, body):
+def closing(error: ApiError, body: RequestBody | None, environ: dict) -> ApiError:
+    if must_close(environ, body):
         error.headers = [*error.headers, ("Connection", "close")]
     return error
 
 
-def _check_put(app, request, rel: str) -> tuple[Path, int | None, dict[str, bytes]]:
+def _check_put(root: Path, limits: UploadLimits, request, rel: str) -> tuple[Path, int | None, dict[str, bytes]]:
     """What is decided before the body is read: target, length, digests to check; else 4xx."""
     if not rel:
         raise Conflict("That path is a directory.", code="is_directory")
-    target = resolve(app.root, rel)
+    target = resolve(root, rel)
     length = declared_length(request.environ)
-    check_size(length, app.config.max_upload_size)
+    check_size(length, limits.max_size)
     digests = wanted_digests(request.headers.get("Content-Digest"))
     check_replace(request.headers, _stat_or_none(target))
     return target, length, digests
 
 
-def put_file(app, request, path: str):
-    """PUT /files/{path}: store the body atomically; 201 (new) or 204 (replaced) with the new ETag."""
-    from .app import Reply, json_reply  # app imports this module
-
-    if not app.config.uploads:
-        raise _closing(uploads_off(), None, request.environ)
-    rel, body, made = clean_relpath(path), None, []
+def put_file(local: LocalNode, limits: UploadLimits, request, rel: str, location: str) -> Reply:
+    """Store the request's body as `rel` (clean) atomically: 201 (new, at `location`) or 204 (replaced)."""
+    body, made = None, []
     try:
-        target, length, digests = _check_put(app, request, rel)
+        target, length, digests = _check_put(local.root, limits, request, rel)
         with _storage_errors(rel):
             made = make_parents(target.parent)
-            if resolve(app.root, rel) != target:  # a symlink appeared in what we just walked
+            if resolve(local.root, rel) != target:  # a symlink appeared in what we just walked
                 raise Conflict("The path changed while it was being created.")
             _check_free_space(target.parent, length)
-            body = RequestBody(request.environ, length, app.chunk_size, app.config.max_upload_size,
-                               app.config.read_timeout)
+            body = RequestBody(request.environ, length, limits)
             stored = store(target, body, digests, request.headers)
             _fsync_dirs([p.parent for p in made])  # the new folders' own entries
     except BaseException as error:
@@ -385,78 +381,11 @@ def put_file(app, request, path: str):
         if not isinstance(error, ApiError):
             raise
         log.warning("upload of %s refused: %d %s", rel or "/", error.status, error.message)
-        raise _closing(error, body, request.environ) from None
+        raise closing(error, body, request.environ) from None
     etag = file_etag(stored.st)
     sums = "".join(f", {name} {value}" for name, value in stored.digests.items())
     log.info("stored %s (%d bytes%s)", rel, stored.st.st_size, sums)
     if stored.replaced:
         return Reply(204, [("ETag", etag)])
-    return json_reply({"node": app.name, "path": rel, "size": stored.st.st_size, "etag": etag}, 201,
-                      [("ETag", etag), ("Location", "/files/" + quote_path(rel))])
-
-
-def forward_upload(app, request, node: str, path: str):
-    """PUT /nodes/{node}/files/{path}: stream the body on to the peer; its answer comes back."""
-    from .app import Reply
-
-    if not app.config.uploads:
-        raise _closing(uploads_off(), None, request.environ)
-    if node == app.name:
-        return put_file(app, request, path)
-    app.peers.node(node)
-    rel, body = clean_relpath(path), None
-    try:
-        length = declared_length(request.environ)
-        check_size(length, app.config.max_upload_size)
-        headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
-        if length is not None:
-            headers["Content-Length"] = str(length)
-        body = RequestBody(request.environ, length, app.chunk_size, app.config.max_upload_size,
-                           app.config.read_timeout)
-        timeout = urllib3.Timeout(connect=app.config.connect_timeout,
-                                  read=peer_read_timeout(app.config, length))
-        status, passed, data = _send_to_peer(app, node, "/files/" + quote_path(rel), headers, body, timeout)
-    except ApiError as error:
-        log.warning("upload of %s to node %s refused: %d %s", rel, node, error.status, error.message)
-        raise _closing(error, body, request.environ) from None
-    if status == 201:
-        passed.append(("Location", f"/nodes/{quote_path(node)}/files/{quote_path(rel)}"))
-    if data or status not in (204, 304):
-        passed.append(("Content-Length", str(len(data))))
-    if _must_close(request.environ, body):
-        passed.append(("Connection", "close"))
-    return Reply(status, passed, [data] if data else [])
-
-
-def _request_peer(app, node: str, url_path: str, headers: dict, body: RequestBody, timeout):
-    """The peer's response to the PUT, headers read; 502/504 (naming what the peer kept) if it fails."""
-    for attempt in (1, 2):
-        try:
-            return app.peers.request(node, "PUT", url_path, headers, body=iter(body), timeout=timeout)
-        except BadGateway as error:
-            # A pooled connection the peer closed fails before any body byte: safe to ask once more.
-            if attempt == 1 and not body.received and isinstance(error.__cause__, ProtocolError):
-                continue
-            if body.done:
-                raise BadGateway(f"Node {node} got the whole body but broke off before answering; "
-                                 "it may or may not have stored the file.", code="peer_broken") from error
-            if body.received:
-                raise BadGateway(f"Node {node} broke off the upload after {body.received} bytes; "
-                                 "it keeps nothing of it.", code="peer_broken") from error
-            raise
-
-
-def _send_to_peer(app, node: str, url_path: str, headers: dict, body: RequestBody, timeout):
-    """PUT `body` to the peer: (status, headers to pass, body bytes); 502/504 when the peer fails."""
-    response = _request_peer(app, node, url_path, headers, body, timeout)
-    try:
-        data = response.read()
-    except (HTTPError, OSError) as exc:
-        raise BadGateway(f"Node {node} broke off its answer to the upload.", code="peer_broken") from exc
-    finally:
-        response.release_conn()
-    failure = peers.peer_failure(response, node)
-    if failure is not None:
-        raise failure
-    passed = [(k, response.headers[k]) for k in PASSED_HEADERS if k in response.headers]
-    return response.status, passed, data
+    return json_reply({"node": local.name, "path": rel, "size": stored.st.st_size, "etag": etag}, 201,
+                      [("ETag", etag), ("Location", location)])

@@ -22,8 +22,7 @@ import webtest
 import support
 from faultproxy import proxied_cluster
 from test_zipfmt import check_archive, save_sparse
-from wsgi_stream import ClusterArchive, make_app
-from wsgi_stream.cluster import wsgi_error
+from wsgi_stream import ClusterArchive, PeerClient, load_config, local_node, make_app, wsgi_error
 from wsgi_stream.errors import ApiError, StreamBroken
 from wsgi_stream.zipfmt import dos_date_time
 
@@ -279,7 +278,7 @@ def test_a_file_changed_after_the_plan_cuts_the_stream(cluster_factory):
         put(cl[node].root, "d/f", b"original")
 
     for changed in ("a", "b"):
-        archive = ClusterArchive(app, "d")
+        archive = ClusterArchive(app.local, app.peers, "d")
         assert archive.length is not None
         put(cl[changed].root, "d/f", b"replaced")  # same size, new file
         body = archive.body()
@@ -288,7 +287,7 @@ def test_a_file_changed_after_the_plan_cuts_the_stream(cluster_factory):
                 pass
         put(cl[changed].root, "d/f", b"original")
 
-    archive = ClusterArchive(app, "d")
+    archive = ClusterArchive(app.local, app.peers, "d")
     (cl["a"].root / "d" / "f").unlink()
     with pytest.raises(StreamBroken, match="disappeared"):
         b"".join(archive.body())
@@ -429,12 +428,12 @@ def test_past_4_gib_and_memory_flat_while_zipping_3_nodes(cluster_factory, tmp_p
 def test_embedding_app_adds_generated_members(tmp_path):
     root = tmp_path / "root"
     put(root, "logs/app.log", b"log line\n")
-    config = support.write_config(tmp_path / "one.toml", {"a": ("http://127.0.0.1:1", root)})
-    node = make_app(config, "a")
+    config = load_config(support.write_config(tmp_path / "one.toml", {"a": ("http://127.0.0.1:1", root)}))
+    here, peers = local_node(config, "a"), PeerClient(config, "a")  # no WSGI app needed
 
     def status_zip(environ, start_response):
         try:
-            archive = ClusterArchive(node, environ["PATH_INFO"].strip("/"))
+            archive = ClusterArchive(here, peers, environ["PATH_INFO"].strip("/"))
         except ApiError as error:
             return wsgi_error(error, start_response)
         archive.add("status/service.txt", [b"running\n"], size=8)

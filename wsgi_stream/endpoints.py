@@ -1,0 +1,182 @@
+"""Every endpoint of the HTTP API: its werkzeug Rule beside a thin handler.
+
+A handler takes the node's `Services` and the request (plus the route's values), decides once
+whether the request is for this node or a peer, and calls a capability module; capability
+modules never call back up. Adding an endpoint means adding one `@route` function here.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request
+
+from . import listing, local, uploads
+from .cluster import ClusterArchive, cluster_listing
+from .config import Config, LocalNode
+from .errors import NotFound
+from .forward import forward, forward_upload
+from .params import compress, flag, nodes
+from .paths import clean_relpath
+from .peers import PeerClient, quote_path
+from .replies import Reply, json_reply
+from .uploads import UploadLimits
+
+_STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
+                 ".js": "text/javascript; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the endpoints work with: this node, its peers, the cluster config and upload limits."""
+
+    config: Config
+    local: LocalNode
+    peers: PeerClient
+    limits: UploadLimits
+
+
+Handler = Callable[..., Reply]
+RULES: list[Rule] = []
+HANDLERS: dict[str, Handler] = {}
+# Endpoints answered without the cluster token.
+PUBLIC: set[str] = set()
+
+
+def route(*paths: str, methods: tuple[str, ...] = ("GET",), public: bool = False,
+          defaults: dict | None = None):
+    """Register the decorated handler for `paths` (the first one gets `defaults`)."""
+    def register(handler: Handler) -> Handler:
+        name = handler.__name__
+        for i, path in enumerate(paths):
+            RULES.append(Rule(path, endpoint=name, methods=list(methods), defaults=defaults if i == 0 else None))
+        HANDLERS[name] = handler
+        if public:
+            PUBLIC.add(name)
+        return handler
+    return register
+
+
+# -- this node ------------------------------------------------------------------------------------
+
+@route("/healthz", public=True)
+def healthz(s: Services, request: Request) -> Reply:
+    """GET /healthz: this node is up (no token needed)."""
+    return json_reply({"node": s.local.name, "status": "ok"})
+
+
+@route("/files/<path:path>", methods=("GET", "HEAD", "PUT"))
+def file(s: Services, request: Request, path: str) -> Reply:
+    """GET/HEAD/PUT /files/{path}: one of this node's files, or an upload to this node."""
+    if request.method == "PUT":
+        uploads.check_enabled(s.limits, request.environ)
+        rel = clean_relpath(path)
+        return uploads.put_file(s.local, s.limits, request, rel, "/files/" + quote_path(rel))
+    return _file_here(s, request, path)
+
+
+@route("/list/", "/list/<path:path>", defaults={"path": ""})
+def list_(s: Services, request: Request, path: str) -> Reply:
+    """GET /list/{path}: a folder of this node (`?recursive=1`: every file below it)."""
+    return json_reply(listing.listing(s.local.name, s.local.root, path, flag(request.args, "recursive")))
+
+
+@route("/")
+def page(s: Services, request: Request) -> Reply:
+    """GET /: the web page."""
+    return static(s, request, "index.html")
+
+
+@route("/static/<name>")
+def static(s: Services, request: Request, name: str) -> Reply:
+    """GET /static/{name}: the web page's assets."""
+    asset = resources.files("wsgi_stream") / "web" / name
+    suffix = Path(name).suffix
+    if suffix not in _STATIC_TYPES or not asset.is_file():
+        raise NotFound("No such page.")
+    data = asset.read_bytes()
+    return Reply(200, [("Content-Type", _STATIC_TYPES[suffix]), ("Content-Length", str(len(data))),
+                       ("Cache-Control", "no-cache")], [data])
+
+
+# -- one node, this one or a peer -------------------------------------------------------------------
+
+@route("/nodes/<node>/files/<path:path>", methods=("GET", "HEAD", "PUT"))
+def node_file(s: Services, request: Request, node: str, path: str) -> Reply:
+    """GET/HEAD/PUT /nodes/{node}/files/{path}: a file of node `node`, streamed through this one."""
+    s.peers.node(node)
+    if node == s.local.name:
+        return file(s, request, path)
+    rel = clean_relpath(path)
+    if not rel:
+        raise NotFound("No such file.")
+    if request.method == "PUT":
+        uploads.check_enabled(s.limits, request.environ)
+        return forward_upload(s.peers, s.limits, request, node, "/files/" + quote_path(rel),
+                              f"/nodes/{quote_path(node)}/files/{quote_path(rel)}")
+    return forward(s.peers, node, request.method, "/files/" + quote_path(rel), request.headers,
+                   s.local.chunk_size)
+
+
+@route("/nodes/<node>/list/", "/nodes/<node>/list/<path:path>", defaults={"path": ""})
+def node_list(s: Services, request: Request, node: str, path: str) -> Reply:
+    """GET /nodes/{node}/list/{path}: a folder of node `node`."""
+    s.peers.node(node)
+    if node == s.local.name:
+        return list_(s, request, path)
+    url_path = "/list/" + quote_path(clean_relpath(path))
+    if flag(request.args, "recursive"):
+        url_path += "?recursive=1"
+    return forward(s.peers, node, "GET", url_path, request.headers, s.local.chunk_size)
+
+
+# -- every node -------------------------------------------------------------------------------------
+
+@route("/api/nodes")
+def api_nodes(s: Services, request: Request) -> Reply:
+    """GET /api/nodes: this node, whether uploads are on, and every node's health, in config order."""
+    names = s.peers.names
+    with ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="healthz") as pool:
+        health = list(pool.map(s.peers.health, names))
+    nodes = [{"name": name, "url": s.config.nodes[name].url, "status": status, "message": message}
+             for name, (status, message) in zip(names, health)]
+    return json_reply({"self": s.local.name, "uploads": s.config.uploads, "nodes": nodes})
+
+
+@route("/cluster/files/", "/cluster/files/<path:path>", methods=("GET", "HEAD"), defaults={"path": ""})
+def cluster_files(s: Services, request: Request, path: str) -> Reply:
+    """GET/HEAD /cluster/files/{path}: one ZIP of `path` from every selected node."""
+    archive = ClusterArchive(s.local, s.peers, path, nodes(request.args), deflate=compress(request.args),
+                             strict=flag(request.args, "strict"))
+    headers = archive.headers()
+    if request.method == "HEAD":
+        archive.close()
+        return Reply(200, headers, [])
+    return Reply(200, headers, archive.body())
+
+
+@route("/cluster/list/", "/cluster/list/<path:path>", defaults={"path": ""})
+def cluster_list(s: Services, request: Request, path: str) -> Reply:
+    """GET /cluster/list/{path}: the folder's listings of every selected node, merged by name."""
+    return json_reply(cluster_listing(s.local, s.peers, path, nodes(request.args)))
+
+
+# -- shared by the handlers above ---------------------------------------------------------------------
+
+def _file_here(s: Services, request: Request, path: str) -> Reply:
+    f, st, name = local.open_file(s.local.root, path)
+    try:
+        plan = local.plan_file_response(request.method, request.headers, name, st)
+    except BaseException:
+        f.close()
+        raise
+    body, wrapped = local.file_body(request.environ, f, plan, s.local.chunk_size)
+    return Reply(plan.status, plan.headers, body, file=f if wrapped else None)
+
+
+URL_MAP = Map(RULES, merge_slashes=False, strict_slashes=False)
