@@ -14,7 +14,17 @@ setup(
         "waitress>=3.0,<4",
     ],
     extras_require={
-        "test": ["pytest>=8", "webtest>=3.0"],
+        # Everything the tests import or start as a program (uwsgi, gunicorn); Chromium and the
+        # other Debian tools come from .ci/run.
+        "test": [
+            "pytest>=8",
+            "webtest>=3.0",
+            "playwright>=1.40",
+            "gunicorn>=21",
+            "uwsgi>=2.0.22",
+            "trustme>=1.1",
+            "stream-unzip>=0.0.90",
+        ],
         # ISA-L's CRC-32, about 9x zlib's: faster cluster ZIPs, used when installed.
         "fast": ["isal>=1.0"],
     },

@@ -7,7 +7,7 @@ Node a reaches peer b only through the proxy; b's real process listens on its ow
     def test_cut(cluster_factory):
         with proxied_cluster(cluster_factory, names=("a", "b"), proxied=["b"], read_timeout=1) as (cl, px):
             px["b"].set("cut", cut_after=1000)           # the next connection a opens to b is cut
-            r = requests.get(cl["a"].url + "/nodes/b/files/big.bin", stream=True)
+            r = support.http("GET", cl["a"].url + "/nodes/b/files/big.bin", stream=True)
             ...
 
 The same by hand (target known only once the cluster is written)::

@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import urllib3
+
 REPO = Path(__file__).resolve().parent.parent
 _next_host = itertools.count(2)
 
@@ -179,3 +181,24 @@ def raw_get(node: NodeProcess, path: str, extra: bytes = b"", rcvbuf: int | None
     s.connect((node.host, node.port))
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: {node.host}\r\n".encode() + extra + b"\r\n")
     return s
+
+
+# Programs the test extra installs (uwsgi) and the interpreter itself sit in the venv's bin/:
+# put it first on PATH, so `.venv/bin/python -m pytest` finds them without an activated venv.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+
+
+def http(method: str, url: str, headers: dict | None = None, body=None, stream: bool = False,
+         timeout: float = 30) -> urllib3.BaseHTTPResponse:
+    """One request on a connection of its own: the urllib3 response (.status, .headers, .data, .json()).
+
+    Like requests.get & co.: no retries, and the body is read unless `stream` (then read it with
+    .stream(n) and close it; a cut body raises urllib3.exceptions.ProtocolError). Unlike requests:
+    no decompression (the nodes never send Content-Encoding) and no redirects followed.
+    """
+    pool = urllib3.PoolManager(retries=False)
+    response = pool.request(method, url, headers=headers, body=body, timeout=timeout,
+                            preload_content=not stream, redirect=False)
+    if not stream:
+        pool.clear()
+    return response

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
+import urllib3
 import webtest
 
 import support
@@ -50,15 +50,15 @@ def sparse(root: Path, rel: str, size: int, head: bytes, tail: bytes) -> int:
     return zlib.crc32(tail, zlib.crc32(bytes(size - len(head) - len(tail)), zlib.crc32(head)))
 
 
-def download(url: str, tmp_path: Path, name: str = "got.zip", **kwargs):
+def download(url: str, tmp_path: Path, name: str = "got.zip", headers=None):
     """GET url; check the status is 200, the length exact, and the archive good; return (zipfile, report)."""
-    r = requests.get(url, **kwargs)
-    assert r.status_code == 200, r.text
+    r = support.http("GET", url, headers=headers, timeout=120)
+    assert r.status == 200, r.data
     assert r.headers["Content-Type"] == "application/zip"
     if "Content-Length" in r.headers:
-        assert int(r.headers["Content-Length"]) == len(r.content)
+        assert int(r.headers["Content-Length"]) == len(r.data)
     path = tmp_path / name
-    path.write_bytes(r.content)
+    path.write_bytes(r.data)
     check_archive(path)
     zf = zipfile.ZipFile(path)
     assert zf.namelist()[-1] == "_cluster.json"
@@ -112,7 +112,7 @@ def test_folder_from_every_node_byte_exact_with_names_times_and_report(cluster_f
         assert entry["files"] == [{"name": f"{node}/{rel}", "size": len(files[node][rel]),
                                    "crc32": f"{zlib.crc32(files[node][rel]):08x}"} for rel in sorted(files[node])]
     # Without the token, nothing.
-    assert requests.get(cl["a"].url + "/cluster/files/logs").status_code == 401
+    assert support.http("GET", cl["a"].url + "/cluster/files/logs").status == 401
 
 
 def test_one_file_node_down_and_missing_are_reported_and_strict_refuses(cluster_factory, tmp_path):
@@ -129,8 +129,8 @@ def test_one_file_node_down_and_missing_are_reported_and_strict_refuses(cluster_
     assert report["nodes"]["b"]["status"] == "missing"
     assert report["nodes"]["c"] == {"status": "error", "message": "Node c is unreachable.", "files": [], "errors": []}
 
-    strict = requests.get(base + "?strict=1")
-    assert strict.status_code == 502 and error_of(strict) == "nodes_failed" and "c:" in strict.json()["message"]
+    strict = support.http("GET", base + "?strict=1")
+    assert strict.status == 502 and error_of(strict) == "nodes_failed" and "c:" in strict.json()["message"]
     # Missing is not failing: a strict download of the nodes that answered goes through.
     zf, report, _ = download(base + "?strict=1&nodes=a,b", tmp_path, "strict.zip")
     assert list(report["nodes"]) == ["a", "b"]
@@ -143,9 +143,9 @@ def test_head_nodes_selection_root_folder_and_errors(cluster_factory, tmp_path):
         put(cl[node].root, "common/x", b"same")
     url = cl["b"].url + "/cluster/files/"
 
-    get = requests.get(url + "common")
-    head = requests.head(url + "common")
-    assert head.status_code == 200 and head.content == b""
+    get = support.http("GET", url + "common")
+    head = support.http("HEAD", url + "common")
+    assert head.status == 200 and head.data == b""
     for key in ("Content-Type", "Content-Length", "Content-Disposition"):
         assert head.headers[key] == get.headers[key]
 
@@ -159,8 +159,8 @@ def test_head_nodes_selection_root_folder_and_errors(cluster_factory, tmp_path):
 
     for path, status, code in [("nothing/here", 404, "not_found"), ("common?nodes=a,zz", 404, "unknown_node"),
                                ("common?nodes=", 400, "bad_request"), ("common?compress=lzma", 400, "bad_request")]:
-        r = requests.get(url + path)
-        assert (r.status_code, error_of(r)) == (status, code), path
+        r = support.http("GET", url + path)
+        assert (r.status, error_of(r)) == (status, code), path
     conn = http.client.HTTPConnection(cl["b"].host, cl["b"].port, timeout=10)
     conn.request("GET", "/cluster/files/common/../../../etc")
     r = conn.getresponse()
@@ -175,12 +175,12 @@ def test_deflate_is_chunked_and_valid(cluster_factory, tmp_path):
     put(cl["b"].root, "logs/app.log", text[::-1])
     zf, report, r = download(cl["a"].url + "/cluster/files/logs?compress=deflate", tmp_path)
     assert "Content-Length" not in r.headers and r.headers.get("Transfer-Encoding") == "chunked"
-    assert len(r.content) < len(text) // 10
+    assert len(r.data) < len(text) // 10
     assert zf.getinfo("a/logs/app.log").compress_type == zipfile.ZIP_DEFLATED
     assert zf.read("b/logs/app.log") == text[::-1]
     assert report["nodes"]["b"]["files"][0]["crc32"] == f"{zlib.crc32(text[::-1]):08x}"
-    head = requests.head(cl["a"].url + "/cluster/files/logs?compress=deflate")
-    assert head.status_code == 200 and "Content-Length" not in head.headers
+    head = support.http("HEAD", cl["a"].url + "/cluster/files/logs?compress=deflate")
+    assert head.status == 200 and "Content-Length" not in head.headers
 
 
 class _HostilePeer(BaseHTTPRequestHandler):
@@ -234,8 +234,8 @@ def test_names_from_a_hostile_peer_are_left_out_and_reported(cluster_factory, tm
         left_out = [e["name"] for e in report["nodes"]["b"]["errors"]]
         assert left_out == [e["path"] for e in _HostilePeer.entries[1:]]
         assert all(e["message"].startswith("left out:") for e in report["nodes"]["b"]["errors"])
-        strict = requests.get(cl["a"].url + "/cluster/files/stuff?strict=1")
-        assert strict.status_code == 502 and error_of(strict) == "nodes_failed"
+        strict = support.http("GET", cl["a"].url + "/cluster/files/stuff?strict=1")
+        assert strict.status == 502 and error_of(strict) == "nodes_failed"
     finally:
         server.shutdown()
         server.server_close()
@@ -247,10 +247,10 @@ def test_cluster_list_merges_by_name(cluster_factory):
     put(cl["a"].root, "logs/old/x", b"")
     put(cl["b"].root, "logs/old/y", b"")
     put(cl["b"].root, "logs/app.log/inner", b"")  # a folder on b, a file on a
-    r = requests.get(cl["b"].url + "/cluster/list/logs")
-    assert r.status_code == 200
+    r = support.http("GET", cl["b"].url + "/cluster/list/logs")
+    assert r.status == 200
     doc = r.json()
-    etag = requests.head(cl["a"].url + "/files/logs/app.log").headers["ETag"]
+    etag = support.http("HEAD", cl["a"].url + "/files/logs/app.log").headers["ETag"]
     assert doc == {
         "path": "logs",
         "nodes": {"a": {"status": "ok"}, "b": {"status": "ok"},
@@ -261,12 +261,12 @@ def test_cluster_list_merges_by_name(cluster_factory):
              "nodes": {"a": {"size": 5, "mtime": 1_700_000_000.0, "etag": etag}}},
             {"name": "old", "path": "logs/old", "type": "dir", "nodes": {"a": {}, "b": {}}},
         ]}
-    r = requests.get(cl["a"].url + "/cluster/list/logs?nodes=a")
+    r = support.http("GET", cl["a"].url + "/cluster/list/logs?nodes=a")
     assert list(r.json()["nodes"]) == ["a"]
-    root = requests.get(cl["a"].url + "/cluster/list/").json()
+    root = support.http("GET", cl["a"].url + "/cluster/list/").json()
     assert [e["name"] for e in root["entries"]] == ["logs"]
-    r = requests.get(cl["a"].url + "/cluster/list/nothing?nodes=a,b")
-    assert r.status_code == 404 and error_of(r) == "not_found"
+    r = support.http("GET", cl["a"].url + "/cluster/list/nothing?nodes=a,b")
+    assert r.status == 404 and error_of(r) == "not_found"
 
 
 # -- changes between plan and stream (in-process app, real peer) -----------------------------------
@@ -333,13 +333,13 @@ def test_peer_file_changed_before_resume_closes_the_connection_early(cluster_fac
                          read_timeout=1) as (cl, px):
         put(cl["b"].root, "f.bin", os.urandom(2 * MiB))
         px["b"].set("stall_after", cut_after=500_000)
-        r = requests.get(cl["a"].url + "/cluster/files/f.bin?nodes=b" + query, stream=True)
-        assert r.status_code == 200
+        r = support.http("GET", cl["a"].url + "/cluster/files/f.bin?nodes=b" + query, stream=True)
+        assert r.status == 200
         put(cl["b"].root, "f.bin", os.urandom(2 * MiB))  # a new file: If-Range fails, b sends 200
         got = b""
         # Short of its Content-Length, or chunked without the last chunk: either way an error.
-        with pytest.raises(requests.exceptions.ChunkedEncodingError):
-            for chunk in r.iter_content(65536):
+        with pytest.raises(urllib3.exceptions.ProtocolError):
+            for chunk in r.stream(65536):
                 got += chunk
         r.close()
         assert len(got) < 2 * MiB
@@ -404,10 +404,10 @@ def test_past_4_gib_and_memory_flat_while_zipping_3_nodes(cluster_factory, tmp_p
     put(cl["a"].root, "dump/small.txt", b"small")
     out = tmp_path / "big.zip"
     started = time.monotonic()
-    with requests.get(cl["a"].url + "/cluster/files/dump", stream=True) as r:
-        assert r.status_code == 200
+    with support.http("GET", cl["a"].url + "/cluster/files/dump", stream=True, timeout=120) as r:
+        assert r.status == 200
         length = int(r.headers["Content-Length"])
-        assert save_sparse(r.iter_content(MiB), out) == length
+        assert save_sparse(r.stream(MiB), out) == length
     print(f"{length / MiB:.0f} MiB in {time.monotonic() - started:.1f} s; node a peak RSS "
           f"{cl['a'].rss_peak_kib() // 1024} MiB")
     assert length > sum(sizes.values())
