@@ -7,6 +7,7 @@ setup(
     packages=find_packages(include=["wsgi_stream", "wsgi_stream.*"]),
     package_data={"wsgi_stream": ["web/*"]},
     python_requires=">=3.11",
+    entry_points={"console_scripts": ["wsgi-stream = wsgi_stream.cli:main"]},
     install_requires=[
         "werkzeug>=3.0,<4",
         "urllib3>=2.0,<3",
