@@ -25,6 +25,7 @@ setup(
             "uwsgi>=2.0.22",
             "trustme>=1.1",
             "stream-unzip>=0.0.90",
+            "redbot>=1.0",  # checks the caching headers (tests/integration/test_caching.py)
         ],
         # ISA-L's CRC-32, about 9x zlib's: faster cluster ZIPs, used when installed.
         "fast": ["isal>=1.0"],

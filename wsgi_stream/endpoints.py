@@ -7,12 +7,14 @@ modules never call back up. Adding an endpoint means adding one `@route` functio
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from werkzeug.http import parse_etags
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
@@ -100,8 +102,11 @@ def static(s: Services, request: Request, name: str) -> Reply:
     if suffix not in _STATIC_TYPES or not asset.is_file():
         raise NotFound("No such page.")
     data = asset.read_bytes()
+    validators = [("ETag", f'"{hashlib.sha256(data).hexdigest()[:32]}"'), ("Cache-Control", "no-cache")]
+    if parse_etags(request.headers.get("If-None-Match")).contains_weak(validators[0][1][1:-1]):
+        return Reply(304, validators)
     return Reply(200, [("Content-Type", _STATIC_TYPES[suffix]), ("Content-Length", str(len(data))),
-                       ("Cache-Control", "no-cache")], [data])
+                       *validators], [data])
 
 
 # -- one node, this one or a peer -------------------------------------------------------------------

@@ -63,7 +63,9 @@ def file_headers(name: str, st: os.stat_result) -> list[tuple[str, str]]:
             ("Content-Disposition", content_disposition(name)),
             ("ETag", file_etag(st)),
             ("Last-Modified", http_date(int(st.st_mtime))),
-            ("Accept-Ranges", "bytes")]
+            ("Accept-Ranges", "bytes"),
+            # Files here are logs that keep growing: a cache may keep a copy but must revalidate it.
+            ("Cache-Control", "no-cache")]
 
 
 def _mtime_after(st: os.stat_result, header: str | None) -> bool | None:
@@ -147,7 +149,7 @@ def plan_file_response(method: str, headers: Headers, name: str, st: os.stat_res
     if verdict == 412:
         raise PreconditionFailed("The file does not match the request's preconditions.")
     if verdict == 304:
-        keep = ("ETag", "Last-Modified", "Accept-Ranges")
+        keep = ("ETag", "Last-Modified", "Accept-Ranges", "Cache-Control")
         return FilePlan(304, [(k, v) for k, v in base if k in keep])
     ranges = requested_ranges(headers, st)
     size = st.st_size

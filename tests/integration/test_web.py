@@ -298,6 +298,20 @@ def test_token_browser_credentials(cluster_factory, browser, open_page, tmp_path
 
 
 @requires_browser
+def test_credentials_in_the_url(cluster_factory, open_page):
+    cluster = make_cluster(cluster_factory, token=SECRET, uploads=True)
+    a = cluster.nodes["a"]
+    page = open_page(f"http://appliance:{SECRET}@{a.host}:{a.port}/")
+    for name in "abc":
+        node_item(page, name, "ok").wait_for()
+    entry(page, "logs").wait_for()
+    page.set_input_files("#upload-files", files=[{"name": "u.txt", "mimeType": "text/plain", "buffer": b"url\n"}])
+    page.locator("#upload-go").click()
+    assert upload_result(page, "a", "u.txt")[0] == "done"
+    assert page.errors == []
+
+
+@requires_browser
 def test_phone_width(cluster_factory, open_page, tmp_path):
     cluster = make_cluster(cluster_factory)
     page = open_page(cluster.nodes["a"].url + "/", viewport={"width": 360, "height": 740},

@@ -68,8 +68,19 @@
     return status ? 'HTTP ' + status : 'network error (connection closed)';
   }
 
+  // Opened as http://user:token@host/, the page's own URL holds the credentials, and Chromium refuses
+  // to build a request from a URL that includes them: requests go to the bare origin and carry the
+  // credentials as a header instead.
+  const pageUrl = new URL(location.href);
+  const urlAuth = pageUrl.username || pageUrl.password
+    ? 'Basic ' + btoa(unescape(encodeURIComponent(
+        decodeURIComponent(pageUrl.username) + ':' + decodeURIComponent(pageUrl.password))))
+    : null;
+  function absolute(path) { return location.origin + path; }
+  function authHeaders() { return urlAuth ? { Authorization: urlAuth } : {}; }
+
   async function getJSON(url) {
-    const resp = await fetch(url, { cache: 'no-store', credentials: 'same-origin' });
+    const resp = await fetch(absolute(url), { cache: 'no-store', credentials: 'same-origin', headers: authHeaders() });
     const text = await resp.text();
     if (!resp.ok) {
       const err = new Error(errorMessage(resp.status, text));
@@ -250,7 +261,8 @@
     };
     return new Promise((resolve) => {
       const xhr = new XMLHttpRequest();
-      xhr.open('PUT', fileUrl(job.node, joinPath(job.dir, job.file.name)));
+      xhr.open('PUT', absolute(fileUrl(job.node, joinPath(job.dir, job.file.name))));
+      if (urlAuth) xhr.setRequestHeader('Authorization', urlAuth);
       if (job.keep) xhr.setRequestHeader('If-None-Match', '*'); // the node answers 412 if it exists
       job.row.setAttribute('data-state', 'sending');
       job.msg.textContent = 'sending ' + humanSize(job.file.size);
