@@ -27,6 +27,9 @@ Modes, applied to each new connection (to the first `times` ones only, if set; l
 - "cut_request": forward, then close both sides once `cut_after` request bytes went upstream.
 - "stall_after": forward `cut_after` response bytes, then forward nothing more, keeping both open.
 
+`proxy.latency = 0.02` (any mode) holds every piece of a request 20 ms before passing it on, so
+each round trip through the proxy takes that much longer, as between sites.
+
 Existing connections keep the behaviour they started with; `set()` closes them by default, so
 a client's pooled keep-alive connection does not dodge the new mode.
 """
@@ -36,6 +39,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 MODES = ("pass", "refuse", "stall", "cut", "cut_request", "stall_after")
 _BLOCK = 64 * 1024
@@ -87,6 +91,7 @@ class FaultProxy:
         self.target = (target_host, target_port) if target_host else None
         self.max_connections = max_connections
         self.mode, self.cut_after, self.times = "pass", 0, None
+        self.latency = 0.0  # seconds added to every request piece passed upstream
         self.set(mode, cut_after=cut_after, times=times, drop=False)
         self.accepted = 0   # connections accepted since the last set()
         self.total = 0      # connections accepted ever
@@ -221,6 +226,8 @@ class FaultProxy:
                     return
                 if link.stalled:
                     continue
+                if self.latency and src is link.client:
+                    time.sleep(self.latency)
                 if limit is not None and sent + len(data) >= limit:
                     dst.sendall(data[:limit - sent])
                     sent = limit

@@ -15,6 +15,7 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request
 
 from .config import Config, load_config, local_node
+from .crc import CrcCache
 from .endpoints import HANDLERS, PUBLIC, URL_MAP, Services
 from .errors import ApiError, MethodNotAllowed, NotFound, Unauthorized
 from .peers import PeerClient
@@ -55,7 +56,8 @@ class App:
         self.config = config
         self.local = local_node(config, node)
         self.peers = PeerClient(config, self.local.name)
-        self.services = Services(config, self.local, self.peers, UploadLimits.of(config))
+        self.crcs = CrcCache()
+        self.services = Services(config, self.local, self.peers, UploadLimits.of(config), self.crcs)
 
     @property
     def name(self) -> str:

@@ -24,14 +24,13 @@ from . import listing, local
 from .config import LocalNode
 from .errors import ApiError, BadGateway, NotFound, StreamBroken
 from .paths import clean_relpath, resolve
-from .peers import PeerClient, PeerResponse, quote_path
+from .batch import PeerFiles, Wanted
+from .peers import PeerClient, quote_path
 from .zipfmt import StreamingZip, check_name
 
 log = logging.getLogger("wsgi_stream.cluster")
 
 REPORT_NAME = "_cluster.json"
-# Pauses before the 1st, 2nd and 3rd retry of a peer stream that made no progress.
-RETRY_BACKOFF = (0.2, 0.5, 1.0)
 
 
 @dataclass
@@ -201,10 +200,6 @@ def _check_found(results: list, what: str) -> None:
 
 # -- the members' bytes --------------------------------------------------------------------------
 
-class _Retry(Exception):
-    """A peer stream failed in a way worth asking again."""
-
-
 def local_chunks(here: LocalNode, item: FileItem) -> Iterator[bytes]:
     """The bytes of this node's file `item`, provided it is still the file that was planned."""
     try:
@@ -222,69 +217,6 @@ def local_chunks(here: LocalNode, item: FileItem) -> Iterator[bytes]:
             raise StreamBroken(f"{item.member} changed while being sent")
     finally:
         f.close()
-
-
-def _open_peer(peers: PeerClient, item: FileItem, offset: int) -> PeerResponse:
-    """A response with the bytes of `item` from `offset` on, or _Retry / StreamBroken."""
-    if offset:
-        headers = {"Range": f"bytes={offset}-", "If-Range": item.etag}
-        expect = (206, f"bytes {offset}-{item.size - 1}/{item.size}")
-    else:
-        headers = {"If-Match": item.etag}
-        expect = (200, None)
-    try:
-        response = peers.open(item.node, "GET", "/files/" + quote_path(item.path), headers)
-    except ApiError as exc:
-        if exc.status not in (502, 504):
-            raise
-        raise _Retry(exc.message) from exc
-    status, ranged = response.status, response.headers.get("Content-Range")
-    if (status, ranged) == expect and response.headers.get("ETag") == item.etag \
-            and response.headers.get("Content-Length") == str(item.size - offset):
-        return response
-    response.discard()
-    if status >= 500:
-        raise _Retry(f"node {item.node} answered {status}")
-    answer = f"{status}, {ranged}" if ranged else str(status)
-    raise StreamBroken(f"{item.member} changed on node {item.node} (it answered {answer})")
-
-
-def _read(response: PeerResponse, remaining: int, chunk_size: int) -> Iterator[bytes]:
-    while remaining > 0:
-        try:
-            data = response.read(min(chunk_size, remaining))
-        except ApiError as exc:
-            raise _Retry(f"stream broke off: {exc.message} ({exc.__cause__})") from exc
-        if not data:
-            raise _Retry("stream ended early")
-        remaining -= len(data)
-        yield data
-
-
-def peer_chunks(peers: PeerClient, item: FileItem, chunk_size: int, opened: set) -> Iterator[bytes]:
-    """The bytes of `item` from its peer, asking again for the rest when the stream breaks off."""
-    offset, failures = 0, 0
-    while True:
-        response = None
-        try:
-            response = _open_peer(peers, item, offset)
-            opened.add(response)
-            for data in _read(response, item.size - offset, chunk_size):
-                offset += len(data)
-                failures = 0
-                yield data
-            response.close()
-            return
-        except _Retry as exc:
-            if failures >= len(RETRY_BACKOFF):
-                raise StreamBroken(f"{item.member}: {exc}; gave up at byte {offset}") from exc
-            log.warning("%s: %s at byte %d; asking node %s again", item.member, exc, offset, item.node)
-            time.sleep(RETRY_BACKOFF[failures])
-            failures += 1
-        finally:
-            if response is not None:
-                opened.discard(response)
-                response.discard()
 
 
 # -- _cluster.json -------------------------------------------------------------------------------
@@ -336,16 +268,32 @@ class ClusterArchive:
             raise BadGateway(f"Not every node could deliver ({detail}).", code="nodes_failed")
         self._zip = StreamingZip(deflate=deflate)
         self._generated: list[tuple[str, int | None]] = []
-        self._opened: set = set()
+        # One reader per peer: its files come through few batch requests, in archive order.
+        self._readers = {r.node: PeerFiles(peers, r.node, [Wanted(f.path, f.etag, f.size) for f in r.files],
+                                           here.chunk_size)
+                         for r in self.results if r.node != here.name and r.files}
         self._finished = False
+        with_files = [r.node for r in self.results if r.files]
         for result in self.results:
-            for item in result.files:
-                self._zip.add(item.member, self._member_chunks(item), item.size, item.mtime)
+            after = with_files[with_files.index(result.node) + 1:] if result.files else []
+            for index, item in enumerate(result.files):
+                chunks = self._member_chunks(item, index, after[0] if index == 0 and after else None)
+                self._zip.add(item.member, chunks, item.size, item.mtime)
 
-    def _member_chunks(self, item: FileItem) -> Iterator[bytes]:
+    def _member_chunks(self, item: FileItem, index: int, next_node: str | None) -> Iterator[bytes]:
+        if next_node in self._readers:
+            # The next node's first bytes start on their way while this node's stream.
+            self._start_early(next_node)
         if item.node == self.here.name:
-            return local_chunks(self.here, item)
-        return peer_chunks(self.peers, item, self.here.chunk_size, self._opened)
+            yield from local_chunks(self.here, item)
+        else:
+            yield from self._readers[item.node].read(index)
+
+    def _start_early(self, node: str) -> None:
+        try:
+            self._readers[node].start()
+        except Exception as exc:  # its own read will ask again and report
+            log.info("could not start reading node %s early: %s", node, exc)
 
     def add(self, name: str, chunks: Iterable[bytes], size: int | None = None, mtime: float | None = None) -> None:
         """Add a generated member `name` (e.g. "status/service.txt"); without `size`, no Content-Length."""
@@ -418,9 +366,8 @@ class ClusterArchive:
 
     def close(self) -> None:
         """Close every peer response still open (the client went away, or a member failed)."""
-        for response in list(self._opened):
-            self._opened.discard(response)
-            response.discard()
+        for reader in self._readers.values():
+            reader.close()
         self._zip.close()
 
     def __call__(self, environ, start_response):

@@ -18,10 +18,11 @@ from werkzeug.http import parse_etags
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
-from . import listing, local, uploads
+from . import batch, listing, local, uploads
 from .cluster import ClusterArchive, cluster_listing
 from .config import Config, LocalNode
-from .errors import NotFound
+from .crc import CrcCache
+from .errors import NotFound, PayloadTooLarge
 from .forward import forward, forward_upload
 from .params import compress, flag, nodes
 from .paths import clean_relpath
@@ -41,6 +42,7 @@ class Services:
     local: LocalNode
     peers: PeerClient
     limits: UploadLimits
+    crcs: CrcCache
 
 
 Handler = Callable[..., Reply]
@@ -85,7 +87,7 @@ def file(s: Services, request: Request, path: str) -> Reply:
 @route("/list/", "/list/<path:path>", defaults={"path": ""})
 def list_(s: Services, request: Request, path: str) -> Reply:
     """GET /list/{path}: a folder of this node (`?recursive=1`: every file below it)."""
-    return json_reply(listing.listing(s.local.name, s.local.root, path, flag(request.args, "recursive")))
+    return json_reply(listing.listing(s.local.name, s.local.root, path, flag(request.args, "recursive"), s.crcs))
 
 
 @route("/")
@@ -107,6 +109,16 @@ def static(s: Services, request: Request, name: str) -> Reply:
         return Reply(304, validators)
     return Reply(200, [("Content-Type", _STATIC_TYPES[suffix]), ("Content-Length", str(len(data))),
                        *validators], [data])
+
+
+@route("/batch", methods=("POST",))
+def batch_files(s: Services, request: Request) -> Reply:
+    """POST /batch: many of this node's files back to back, for a gateway building a cluster ZIP."""
+    if (request.content_length or 0) > batch.MAX_REQUEST_BYTES:
+        raise PayloadTooLarge(f"A batch request is at most {batch.MAX_REQUEST_BYTES} bytes.")
+    wanted = batch.parse_request(request.get_data(cache=False))
+    return Reply(200, [("Content-Type", "application/octet-stream"), ("Cache-Control", "no-store")],
+                 batch.batch_body(s.local, s.crcs, wanted))
 
 
 # -- one node, this one or a peer -------------------------------------------------------------------

@@ -6,6 +6,7 @@ import os
 import stat as stat_mod
 from pathlib import Path
 
+from .crc import CrcCache, file_key
 from .errors import NotFound
 from .local import file_etag
 from .paths import clean_relpath, is_temp_name, resolve
@@ -27,12 +28,16 @@ def _inside(real_root: str, path: str) -> str | None:
     return None
 
 
-def _entry(name: str, rel: str, st: os.stat_result) -> dict | None:
+def _entry(name: str, rel: str, st: os.stat_result, crcs: CrcCache | None = None) -> dict | None:
     if stat_mod.S_ISDIR(st.st_mode):
         return {"name": name, "path": rel, "type": "dir"}
     if stat_mod.S_ISREG(st.st_mode):
-        return {"name": name, "path": rel, "type": "file", "size": st.st_size,
-                "mtime": st.st_mtime, "etag": file_etag(st)}
+        entry = {"name": name, "path": rel, "type": "file", "size": st.st_size,
+                 "mtime": st.st_mtime, "etag": file_etag(st)}
+        crc = crcs.get(file_key(st)) if crcs is not None else None
+        if crc is not None:
+            entry["crc32"] = f"{crc:08x}"
+        return entry
     return None  # sockets, fifos, devices: never served
 
 
@@ -60,7 +65,7 @@ def list_entries(root: Path, rel: str) -> list[dict]:
     return sorted(entries, key=lambda e: e["name"])
 
 
-def walk_files(root: Path, rel: str) -> list[dict]:
+def walk_files(root: Path, rel: str, crcs: CrcCache | None = None) -> list[dict]:
     """Every file under `rel`, recursively, sorted by path (symlinked folders are not followed)."""
     rel = clean_relpath(rel)
     directory = resolve(root, rel)
@@ -82,14 +87,14 @@ def walk_files(root: Path, rel: str) -> list[dict]:
             if st is None:
                 continue
             inner = name if sub == "." else f"{sub}/{name}"
-            entry = _entry(name, f"{rel}/{inner}" if rel else inner, st)
+            entry = _entry(name, f"{rel}/{inner}" if rel else inner, st, crcs)
             if entry and entry["type"] == "file":
                 files.append(entry)
     return sorted(files, key=lambda e: e["path"])
 
 
-def listing(node_name: str, root: Path, rel: str, recursive: bool = False) -> dict:
-    """The §4.3 listing document of `rel` on this node."""
+def listing(node_name: str, root: Path, rel: str, recursive: bool = False, crcs: CrcCache | None = None) -> dict:
+    """The §4.3 listing document of `rel` on this node (recursive: with the CRC-32s known in `crcs`)."""
     rel = clean_relpath(rel)
-    entries = walk_files(root, rel) if recursive else list_entries(root, rel)
+    entries = walk_files(root, rel, crcs) if recursive else list_entries(root, rel)
     return {"node": node_name, "path": rel, "entries": entries}

@@ -1,0 +1,110 @@
+"""CRC-32s remembered: of this node's files by (dev, inode, size, mtime_ns), of peers' by ETag.
+
+A cluster ZIP needs every member's CRC-32: for its headers, its central directory, and to serve
+an archive from the middle (resume) without reading again what went out before. Whoever reads a
+file whole computes its CRC on the way and remembers it here, keyed by what identifies the
+file's content: a replaced or rewritten file gets a new key, so a stale CRC is never used.
+
+The cache is bounded (least recently used out first). A node may keep its own cache in a hidden
+file beside its root (never inside the served tree), so it survives restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Hashable
+
+try:
+    # ISA-L's CRC-32 runs at tens of GB/s, zlib's at a few; same values.
+    from isal.isal_zlib import crc32
+except ImportError:  # optional: pip install 'wsgi_stream[fast]'
+    crc32 = zlib.crc32
+
+log = logging.getLogger("wsgi_stream.crc")
+
+DEFAULT_LIMIT = 200_000
+_RECORD = struct.Struct("<QQQqI")  # dev, inode, size, mtime_ns, crc: 36 bytes an entry on disk
+
+
+def file_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies a file's content: device, inode, size and modification time in ns."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def cache_path_for(root: Path) -> Path:
+    """The hidden file beside `root` (not inside it) where its node keeps CRCs across restarts."""
+    root = Path(os.path.realpath(root))
+    return root.parent / f".{root.name or 'root'}.wsgi_stream-crc32"
+
+
+class CrcCache:
+    """A bounded, thread-safe map of keys to CRC-32 values, least recently used dropped first."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT):
+        self.limit = limit
+        self._items: OrderedDict[Hashable, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.changed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> int | None:
+        """The CRC remembered for `key`, or None."""
+        with self._lock:
+            crc = self._items.get(key)
+            if crc is not None:
+                self._items.move_to_end(key)
+            return crc
+
+    def put(self, key: Hashable, crc: int) -> None:
+        """Remember `crc` for `key`."""
+        with self._lock:
+            if self._items.get(key) != crc:
+                self.changed = True
+            self._items[key] = crc
+            self._items.move_to_end(key)
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def load(self, path: Path) -> None:
+        """Add the entries saved in `path` (a missing or damaged file adds nothing)."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return
+        usable = len(data) - len(data) % _RECORD.size
+        for dev, ino, size, mtime_ns, crc in _RECORD.iter_unpack(data[:usable]):
+            self.put((dev, ino, size, mtime_ns), crc)
+        self.changed = False
+
+    def save(self, path: Path) -> None:
+        """Write the file-keyed entries to `path` atomically (a failure is logged, not raised)."""
+        with self._lock:
+            items = [(k, v) for k, v in self._items.items() if isinstance(k, tuple) and len(k) == 4]
+            self.changed = False
+        temp = Path(f"{path}.{os.getpid()}.tmp")
+        try:
+            with open(temp, "wb") as f:
+                f.write(b"".join(_RECORD.pack(*key, crc) for key, crc in items))
+            os.replace(temp, path)
+        except OSError as exc:
+            log.warning("cannot keep CRC-32s in %s: %s", path, exc.strerror)
+            temp.unlink(missing_ok=True)
+
+
+class RunningCrc:
+    """The CRC-32 of bytes seen so far, with how many."""
+
+    def __init__(self):
+        self.value, self.length = 0, 0
+
+    def update(self, data: bytes) -> None:
+        self.value = crc32(data, self.value)
+        self.length += len(data)
