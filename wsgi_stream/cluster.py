@@ -14,7 +14,6 @@ import logging
 import os
 import stat as stat_mod
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -25,7 +24,7 @@ from .config import LocalNode
 from .errors import ApiError, BadGateway, NotFound, StreamBroken
 from .paths import clean_relpath, resolve
 from .batch import PeerFiles, Wanted
-from .peers import PeerClient, quote_path
+from .peers import PeerClient, TooSlow, quote_path
 from .zipfmt import StreamingZip, check_name
 
 log = logging.getLogger("wsgi_stream.cluster")
@@ -33,7 +32,7 @@ log = logging.getLogger("wsgi_stream.cluster")
 REPORT_NAME = "_cluster.json"
 
 
-@dataclass
+@dataclass(slots=True)
 class FileItem:
     """One file of one node as planned: where it is, what it is, and its name in the archive."""
 
@@ -131,7 +130,7 @@ def plan_local(here: LocalNode, rel: str) -> NodeResult:
 
 
 def _peer_file(peers: PeerClient, node: str, rel: str) -> NodeResult:
-    with peers.open(node, "HEAD", "/files/" + quote_path(rel)) as response:
+    with peers.open(node, "HEAD", "/files/" + quote_path(rel), timeout=peers.planning_timeout) as response:
         if response.status == 404:
             return NodeResult(node, "missing", "No such file or directory.")
         if response.status != 200:
@@ -150,7 +149,7 @@ def _peer_file(peers: PeerClient, node: str, rel: str) -> NodeResult:
 def plan_peer(peers: PeerClient, node: str, rel: str) -> NodeResult:
     """What peer `node` has under `rel`: its recursive listing, or else HEAD of the file."""
     try:
-        document = peers.get_json(node, "/list/" + quote_path(rel) + "?recursive=1")
+        document = peers.get_json(node, "/list/" + quote_path(rel) + "?recursive=1", timeout=peers.planning_timeout)
     except ApiError as exc:
         if exc.status != 404:
             return NodeResult(node, "error", exc.message)
@@ -175,15 +174,10 @@ def _plan_node(here: LocalNode, peers: PeerClient, node: str, rel: str) -> NodeR
         return NodeResult(node, "error", f"Unexpected error asking node {node}: {type(exc).__name__}.")
 
 
-def _each_node(function, nodes: list[str]) -> list:
-    """`function(node)` for every node at once, results in the order of `nodes`."""
-    with ThreadPoolExecutor(max_workers=max(len(nodes), 1), thread_name_prefix="cluster-plan") as pool:
-        return list(pool.map(function, nodes))
-
-
 def plan_cluster(here: LocalNode, peers: PeerClient, rel: str, nodes: list[str]) -> list[NodeResult]:
-    """Ask every node in `nodes` concurrently what it has under `rel`."""
-    return _each_node(lambda node: _plan_node(here, peers, node, rel), nodes)
+    """Ask every node in `nodes` concurrently what it has under `rel`; a node past the budget is an error."""
+    answers = peers.each(lambda node: _plan_node(here, peers, node, rel), nodes, peers.config.plan_timeout)
+    return [NodeResult(node, "error", str(a)) if isinstance(a, TooSlow) else a for node, a in zip(nodes, answers)]
 
 
 def _check_found(results: list, what: str) -> None:
@@ -386,7 +380,7 @@ def _list_node(here: LocalNode, peers: PeerClient, node: str, rel: str) -> tuple
     try:
         if node == here.name:
             return "ok", listing.list_entries(here.root, rel)
-        document = peers.get_json(node, "/list/" + quote_path(rel))
+        document = peers.get_json(node, "/list/" + quote_path(rel), timeout=peers.planning_timeout)
     except ApiError as exc:
         return ("missing" if exc.status == 404 else "error"), {"message": exc.message}
     except Exception as exc:
@@ -432,7 +426,8 @@ def cluster_listing(here: LocalNode, peers: PeerClient, path: str, nodes: Iterab
     """The listings of folder `path` on every selected node, merged by name; 404/502 if none has it."""
     rel = clean_relpath(path)
     names = select_nodes(peers.names, nodes)
-    answers = _each_node(lambda node: _list_node(here, peers, node, rel), names)
+    answers = [("error", {"message": str(a)}) if isinstance(a, TooSlow) else a
+               for a in peers.each(lambda node: _list_node(here, peers, node, rel), names, peers.config.plan_timeout)]
     results = [NodeResult(node, status, value.get("message") if status != "ok" else None)
                for node, (status, value) in zip(names, answers)]
     _check_found(results, f"the folder {rel or '/'!r}")

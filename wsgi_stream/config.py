@@ -43,6 +43,7 @@ class Config:
     chunk_size: int = 1 << 20
     connect_timeout: float = 3.0
     read_timeout: float = 30.0
+    plan_timeout: float = 10.0
     uploads: bool = False
     max_upload_size: int = 0
     source: str = field(default="<memory>", compare=False)
@@ -71,6 +72,7 @@ _CLUSTER_KEYS = {
     "chunk_size": ((int,), lambda v: 4096 <= v <= 64 << 20, "an integer from 4096 to 67108864"),
     "connect_timeout": ((int, float), lambda v: v > 0, "a positive number of seconds"),
     "read_timeout": ((int, float), lambda v: v > 0, "a positive number of seconds"),
+    "plan_timeout": ((int, float), lambda v: v > 0, "a positive number of seconds"),
     "uploads": ((bool,), lambda v: True, "true or false"),
     "max_upload_size": ((int,), lambda v: v >= 0, "a number of bytes >= 0"),
 }

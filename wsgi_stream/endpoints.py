@@ -8,7 +8,6 @@ modules never call back up. Adding an endpoint means adding one `@route` functio
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,7 +25,7 @@ from .errors import NotFound, PayloadTooLarge
 from .forward import forward, forward_upload
 from .params import compress, flag, nodes
 from .paths import clean_relpath
-from .peers import PeerClient, quote_path
+from .peers import HEALTH_TIMEOUT, PeerClient, TooSlow, quote_path
 from .replies import Reply, json_reply
 from .uploads import UploadLimits
 
@@ -158,8 +157,8 @@ def node_list(s: Services, request: Request, node: str, path: str) -> Reply:
 def api_nodes(s: Services, request: Request) -> Reply:
     """GET /api/nodes: this node, whether uploads are on, and every node's health, in config order."""
     names = s.peers.names
-    with ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="healthz") as pool:
-        health = list(pool.map(s.peers.health, names))
+    health = [("down", str(h)) if isinstance(h, TooSlow) else h
+              for h in s.peers.each(s.peers.health, names, budget=2 * HEALTH_TIMEOUT)]
     nodes = [{"name": name, "url": s.config.nodes[name].url, "status": status, "message": message}
              for name, (status, message) in zip(names, health)]
     return json_reply({"self": s.local.name, "uploads": s.config.uploads, "nodes": nodes})

@@ -77,3 +77,31 @@ def test_far_away_peers_cost_few_round_trips(cluster_factory):
         check_zip(r.data, expected)
         sequential = 4_000 * 0.02  # one round trip per peer file, as before batches
         assert took < sequential / 4, f"{took:.1f} s for 6,000 files, 20 ms away"
+
+
+def test_thirty_two_nodes_three_of_them_down_or_stalled(cluster_factory):
+    """The listing and the ZIP answer within the plan budget and name the nodes left out."""
+    names = tuple(f"n{i:02d}" for i in range(32))
+    stalled = ("n30", "n31")
+    with proxied_cluster(cluster_factory, proxied=stalled, names=names, start=names[:29] + stalled,
+                         threads=2, plan_timeout=2.0) as (cl, px):
+        for name in names[:29]:
+            (cl[name].root / "logs").mkdir()
+            (cl[name].root / "logs" / "app.log").write_text(f"{name}\n")
+        for proxy in px.values():
+            proxy.set("stall")
+        started = time.monotonic()
+        listing = support.http("GET", cl.url("n00") + "/cluster/list/logs", timeout=60)
+        assert time.monotonic() - started < 2.0 + 3.0
+        assert listing.status == 200
+        nodes = listing.json()["nodes"]
+        assert {n for n, v in nodes.items() if v["status"] == "error"} == {"n29", *stalled}
+        started = time.monotonic()
+        r = support.http("GET", cl.url("n00") + "/cluster/files/logs", timeout=60)
+        assert time.monotonic() - started < 2.0 + 5.0
+        assert r.status == 200
+        report = check_zip(r.data, {f"{n}/logs/app.log": f"{n}\n".encode() for n in names[:29]})
+        assert {n for n, v in report["nodes"].items() if v["status"] == "error"} == {"n29", *stalled}
+        assert "within 2 s" in report["nodes"]["n31"]["message"]
+        strict = support.http("GET", cl.url("n00") + "/cluster/files/logs?strict=1", timeout=60)
+        assert strict.status == 502 and strict.json()["error"] == "nodes_failed"
