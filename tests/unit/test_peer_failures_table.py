@@ -130,6 +130,7 @@ def doc(value) -> bytes:
     return json.dumps(value).encode()
 
 
+NOT_JSON = "Node b sent something that is not JSON."
 JSON_ANSWERS = [
     # (id, status, body, expected document, or (status, code, message) of the ApiError)
     ("200-json-document", 200, doc({"entries": []}), {"entries": []}),
@@ -143,10 +144,9 @@ JSON_ANSWERS = [
      (502, "peer_unauthorized", FAILURES["peer_unauthorized"][1].format(node=NODE))),
     ("500-becomes-502", 500, doc({"error": "error", "message": "Traceback..."}),
      (502, "peer_error", "Node b failed with status 500.")),
-    ("not-json-502", 200, b"<html>proxy error</html>", (502, "peer_bad_answer", "Node b sent something that is not JSON.")),
-    ("empty-body-502", 200, b"", (502, "peer_bad_answer", "Node b sent something that is not JSON.")),
-    ("5xx-not-json-is-a-bad-answer-502", 502, b"Bad Gateway", (502, "peer_bad_answer",
-                                                               "Node b sent something that is not JSON.")),
+    ("not-json-502", 200, b"<html>proxy error</html>", (502, "peer_bad_answer", NOT_JSON)),
+    ("empty-body-502", 200, b"", (502, "peer_bad_answer", NOT_JSON)),
+    ("5xx-not-json-is-a-bad-answer-502", 502, b"Bad Gateway", (502, "peer_bad_answer", NOT_JSON)),
 ]
 
 

@@ -221,7 +221,8 @@ def test_plan_304_carries_validators_only(data_file, headers):
 
 @pytest.mark.parametrize("headers, error", [
     pytest.param({"If-Match": '"other"'}, PreconditionFailed, id="rfc9110-15.5.13-412-if-match"),
-    pytest.param({"If-Unmodified-Since": http_date(0)}, PreconditionFailed, id="rfc9110-15.5.13-412-if-unmodified-since"),
+    pytest.param({"If-Unmodified-Since": http_date(0)}, PreconditionFailed,
+                 id="rfc9110-15.5.13-412-if-unmodified-since"),
     pytest.param({"If-Match": '"other"', "Range": "bytes=5000-"}, PreconditionFailed,
                  id="rfc9110-13.2.2-412-before-416"),
     pytest.param({"Range": "bytes=5000-"}, RangeNotSatisfiable, id="rfc9110-15.5.17-416"),
@@ -254,7 +255,8 @@ def test_plan_206_single_part(data_file, spec, part):
 MULTIPART = [
     # (id, Range, the parts' slices of DATA in order)
     ("rfc9110-14.6-two-parts", "bytes=0-9, 100-109", [slice(0, 10), slice(100, 110)]),
-    ("rfc9110-14.6-three-parts-with-suffix", "bytes=0-0, 500-999, -4", [slice(0, 1), slice(500, 1000), slice(-4, None)]),
+    ("rfc9110-14.6-three-parts-with-suffix", "bytes=0-0, 500-999, -4",
+     [slice(0, 1), slice(500, 1000), slice(-4, None)]),
     ("rfc9110-14.6-adjacent-parts-kept-apart", "bytes=0-9, 10-19", [slice(0, 10), slice(10, 20)]),
     ("rfc9110-14.6-clamped-last-part", "bytes=1-1, 1000-5000", [slice(1, 2), slice(1000, None)]),
     ("rfc9110-14.6-max-ranges-parts", "bytes=" + ",".join(f"{i}-{i}" for i in range(local.MAX_RANGES)),
