@@ -195,7 +195,7 @@ def test_plan_200_whole_file_with_every_representation_header(data_file):
         "Content-Type": "text/plain; charset=utf-8",
         "Content-Disposition": "attachment; filename=\"notes.txt\"; filename*=UTF-8''notes.txt",
         "ETag": local.file_etag(st), "Last-Modified": http_date(int(st.st_mtime)),
-        "Accept-Ranges": "bytes", "Content-Length": str(len(DATA))}
+        "Accept-Ranges": "bytes", "Cache-Control": "no-cache", "Content-Length": str(len(DATA))}
     assert body_of(path, plan) == DATA
 
 
@@ -211,12 +211,18 @@ def test_plan_head_is_planned_like_get(data_file):
     pytest.param({"If-Modified-Since": "LM"}, id="rfc9110-15.4.5-304-if-modified-since"),
     pytest.param({"If-None-Match": "*", "Range": "bytes=0-1"}, id="rfc9110-13.2.2-304-before-range"),
 ])
-def test_plan_304_carries_validators_only(data_file, headers):
+def test_plan_304_carries_validators_and_cache_control_only(data_file, headers):
     _, st = data_file
     headers = {k: http_date(int(st.st_mtime)) if v == "LM" else v for k, v in headers.items()}
     plan = local.plan_file_response("GET", Headers(headers), "notes.txt", st)
     assert plan.status == 304 and plan.ranges == []
-    assert [k for k, _ in plan.headers] == ["ETag", "Last-Modified", "Accept-Ranges"]
+    assert [k for k, _ in plan.headers] == ["ETag", "Last-Modified", "Accept-Ranges", "Cache-Control"]
+    # §15.4.5: whatever of Cache-Control, Content-Location, Date, ETag, Expires and Vary a 200
+    # would carry, the 304 carries too, with the same value.
+    whole = dict(local.plan_file_response("GET", Headers(), "notes.txt", st).headers)
+    required = {k: v for k, v in whole.items()
+                if k in ("Cache-Control", "Content-Location", "Date", "ETag", "Expires", "Vary")}
+    assert required.items() <= dict(plan.headers).items()
 
 
 @pytest.mark.parametrize("headers, error", [
