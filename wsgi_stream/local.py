@@ -54,6 +54,8 @@ def content_disposition(name: str) -> str:
     fallback = _ascii(name).strip()
     if not _ascii(stem).strip(" ._"):  # nothing left of a non-Latin name but its extension
         fallback = "download" + _ascii(ext)
+    elif fallback.startswith(".") and not name.startswith("."):  # 日本.tar.gz: not a dot-file
+        fallback = "download" + fallback
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
