@@ -79,7 +79,7 @@ def forwarding(ws, o) -> Batch:
                         id=f"a-b {server}"))
         rows.append(Row("wsgi_stream a -> nginx as peer b", server, _a_to_nginx(ws, roots, server, o.threads),
                         through, ref="haproxy",
-                        targets=(faster(VS_HAPROXY, "haproxy"), faster(VS_NGINX, "nginx"), rss_at_most(RSS)),
+                        targets=(faster(VS_HAPROXY, "haproxy", True), faster(VS_NGINX, "nginx"), rss_at_most(RSS)),
                         data=d, id=f"a-nginx {server}"))
     if o.arena_max and "waitress" in o.server_list:
         rows.append(Row(f"wsgi_stream a -> wsgi_stream b, a with MALLOC_ARENA_MAX={o.arena_max}", "waitress",

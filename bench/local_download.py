@@ -35,9 +35,9 @@ CLIENTS_RSS = 100.0   # MiB, waitress node serving --clients downloads at once
 
 # Issue 16's targets per server, on top of >= 0.95x the bare app and the RSS bound.
 NODE_TARGETS = {
-    "waitress": lambda: (faster(0.95, "nginx"), cpu_at_most(2.0, "nginx")),
-    "uwsgi": lambda: (faster(1.0, "nginx"),),
-    "gunicorn": lambda: (),
+    "waitress": lambda: (faster(0.95, "nginx", True), cpu_at_most(2.0, "nginx", True)),
+    "uwsgi": lambda: (faster(1.0, "nginx", True),),
+    "gunicorn": lambda: (faster(0.95, "bare gunicorn", True),),
 }
 
 
@@ -65,7 +65,7 @@ def one_client(ws, o) -> Batch:
                         lambda s=server: System(servers.bare_app(ws, s, root, o.threads)), get,
                         ref="nginx", data=data, id=bare))
         rows.append(Row("wsgi_stream /files/", server, _node(ws, root, server, o.threads), get, ref="nginx",
-                        targets=(faster(0.95, bare), rss_at_most(RSS)) + NODE_TARGETS.get(server, tuple)(),
+                        targets=NODE_TARGETS.get(server, tuple)() + (faster(0.95, bare), rss_at_most(RSS)),
                         data=data, id=f"node {server}"))
     if o.arena_max and "waitress" in o.server_list:
         env = {"MALLOC_ARENA_MAX": str(o.arena_max)}
@@ -84,7 +84,7 @@ def many_clients(ws, o) -> Batch:
     rows = [Row("nginx sendfile", "nginx", lambda: System(servers.nginx(ws, "static", "static", root=root)), get,
                 data=data, id="nginx")]
     for server in o.server_list:
-        targets = (faster(0.85, "nginx"), rss_at_most(CLIENTS_RSS)) if server == "waitress" else ()
+        targets = (faster(0.85, "nginx", True), rss_at_most(CLIENTS_RSS, True)) if server == "waitress" else ()
         rows.append(Row("wsgi_stream /files/, clients at once", server, _node(ws, root, server, o.threads), get,
                         ref="nginx", targets=targets, data=data, id=f"node {server}"))
     return Batch(f"Local download, {o.clients} clients at once, GET /files/big.bin ({fmt_size(size)})", rows,

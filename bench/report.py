@@ -5,7 +5,7 @@
     python bench/report.py bench/results/local-....json ... # chosen files
     python bench/report.py --print                          # to stdout, README untouched
 
-The table (every target of every row: measured median (min–max) over the rounds, verdict)
+The table (the targets declared with headline=True, or --all: measured median (min–max) over the rounds, verdict)
 replaces what lies between the lines `<!-- bench-table -->` and `<!-- /bench-table -->` of
 README.md (--readme FILE for another file); without those markers it is printed instead.
 """
@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="pick the newest quick results instead (smoke test)")
     p.add_argument("--readme", default=os.path.join(REPO_ROOT, "README.md"))
     p.add_argument("--print", dest="to_stdout", action="store_true", help="print the table, don't touch README")
+    p.add_argument("--all", dest="every_target", action="store_true",
+                   help="every target, not only those declared headline=True")
     args = p.parse_args(argv)
     files = args.files or newest(args.results, args.quick)
     if not files:
@@ -61,7 +63,7 @@ def main(argv=None) -> None:
     for path in files:
         with open(path) as f:
             results.append((os.path.abspath(path), json.load(f)))
-    table = reporting.headline(results)
+    table = reporting.headline(results, args.every_target)
     if args.to_stdout:
         print(table)
         return

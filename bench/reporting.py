@@ -197,8 +197,8 @@ def machine_line(mc: dict) -> str:
             + ", ".join(f"{k} {v}" for k, v in mc.get("tools", {}).items() if v and k not in map(str.lower, pk)))
 
 
-def headline(results: list[tuple[str, dict]]) -> str:
-    """README's headline table: every target of the chosen results files, with where it comes from."""
+def headline(results: list[tuple[str, dict]], every_target: bool = False) -> str:
+    """README's headline table: the headline targets (or every one) of the chosen results, with their source."""
     rows, sources = [], []
     results = sorted(results, key=lambda pr: (ORDER.index(pr[1]["bench"]) if pr[1]["bench"] in ORDER else 99))
     for path, res in results:
@@ -214,6 +214,8 @@ def headline(results: list[tuple[str, dict]]) -> str:
         for b in res["batches"]:
             for r in b["rows"]:
                 for t in r.get("targets", []):
+                    if not (every_target or t.get("headline")):
+                        continue
                     rows.append([res["bench"], r["system"], r["server"], r["data"], t["text"], measured(t),
                                  t["verdict"]])
     machines = sorted({machine_line(res["machine"]) for _, res in results})

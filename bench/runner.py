@@ -50,6 +50,7 @@ class Target:
     op: str
     value: float
     vs: str | None = None
+    headline: bool = False  # shown in README's headline table (bench/report.py; --all shows every target)
 
     def text(self, names: dict[str, str]) -> str:
         sign = "≥" if self.op == ">=" else "≤"
@@ -60,22 +61,22 @@ class Target:
         return f"{what}{sign}{self.value:g}{unit}"
 
 
-def faster(ratio: float, vs: str) -> Target:
+def faster(ratio: float, vs: str, headline: bool = False) -> Target:
     """MB/s at least `ratio` × row vs's, round by round."""
-    return Target("speed", ">=", ratio, vs)
+    return Target("speed", ">=", ratio, vs, headline)
 
 
-def cpu_at_most(ratio: float, vs: str) -> Target:
+def cpu_at_most(ratio: float, vs: str, headline: bool = False) -> Target:
     """CPU s/GiB at most `ratio` × row vs's, round by round."""
-    return Target("cpu", "<=", ratio, vs)
+    return Target("cpu", "<=", ratio, vs, headline)
 
 
-def rss_at_most(mib: float) -> Target:
-    return Target("rss", "<=", mib)
+def rss_at_most(mib: float, headline: bool = False) -> Target:
+    return Target("rss", "<=", mib, None, headline)
 
 
-def speed_at_least(mbps: float) -> Target:
-    return Target("speed", ">=", mbps)
+def speed_at_least(mbps: float, headline: bool = False) -> Target:
+    return Target("speed", ">=", mbps, None, headline)
 
 
 @dataclass
@@ -292,7 +293,7 @@ def _judge_all(batch: Batch, recs: dict[str, dict], rounds: int) -> None:
         for t in row.targets:
             vals = target_values(rec, t, recs) if ok else []
             rec["targets"].append({"text": t.text(names), "metric": t.metric, "op": t.op, "value": t.value,
-                                   "vs": t.vs, **m.summary(vals), "rounds": vals,
+                                   "vs": t.vs, "headline": t.headline, **m.summary(vals), "rounds": vals,
                                    "verdict": judge(vals, t.op, t.value, rounds) if ok else "n/a"})
 
 

@@ -100,7 +100,7 @@ def batches(ws, o):
     for server in o.server_list:
         vs = VS_NGINX.get(server, VS_NGINX_DEFAULT)
         rows.append(Row("wsgi_stream PUT /files/up.bin", server, _node(ws, server, o.threads, False, size), put,
-                        ref="nginx", targets=(faster(vs, "nginx"), rss_at_most(RSS)), data=d))
+                        ref="nginx", targets=(faster(vs, "nginx", True), rss_at_most(RSS)), data=d))
         rows.append(Row("wsgi_stream PUT /nodes/b/files/up.bin (a -> b)", server,
                         _node(ws, server, o.threads, True, size), put_b, ref="nginx proxy",
                         targets=(faster(VS_NGINX_DEFAULT, "nginx"), rss_at_most(RSS)), data=d))
