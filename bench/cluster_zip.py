@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
-"""Cluster ZIP: GET /cluster/files/f.bin on node a, the file present on 3 nodes (a, b, c).
+"""Cluster ZIP: GET /cluster/files/<file> on node a, the file present on 3 nodes (a, b, c), waitress.
 
-Compared, in the same run, with
-  * plain forwarding of the same bytes through the same node a:
-    GET /nodes/a/files/f.bin, /nodes/b/files/f.bin, /nodes/c/files/f.bin in turn
-    (a is served locally, b and c are forwarded: the same reads the ZIP does);
-  * the naive blog recipe (bench/naive_app.py under waitress: requests +
-    zipstream-new, ZIP_DEFLATED, iter_content(8192)) of 3 copies from nginx,
-    on a smaller file (--naive-size, default 64 MiB).
-Runs at --size and at twice --size, each with fresh processes, to show that peak
-RSS stays flat.
+Batches, each row with its own fresh 3-node cluster:
+  * "stored", at --size and again at twice --size (--no-double: once) to show that peak RSS
+    stays flat: the ZIP vs the same bytes read by plain forwarding through node a
+    (GET /nodes/a/files/f.bin, /nodes/b/..., /nodes/c/... in turn: the reads the ZIP does),
+    and the ZIP with every node under MALLOC_ARENA_MAX=N (--arena-max N; 0 = skip);
+  * "deflate": ?compress=deflate of 3 copies of --log-size of log text, MB/s of the *input*
+    (no Content-Length then), beside forwarding the same files (--log-size 0 = skip);
+  * "naive" (--naive-rounds, 0 = skip): the blog recipe (bench/naive_app.py: zipstream-new
+    ZIP_DEFLATED fed by 8 KiB reads from 3 upstreams) on 3 x --naive-size of random data,
+    beside forwarding the same bytes.
+--verify also downloads each archive once after the rounds and checks it with zipfile.
 
-    python bench/cluster_zip.py [--size 256M] [--runs 5] [--threads 8]
-        [--naive-size 64M] [--naive-runs 3] [--verify] [--keep] [--workdir DIR] [--quick]
+How to run (repository root, the venv's python):
 
-Targets: >= 0.8x forwarding, <= 60 MiB peak RSS on node a, at both sizes.
+    python bench/cluster_zip.py [--size 256M] [--no-double] [--log-size 256M] [--naive-size 64M]
+        [--naive-rounds 3] [--arena-max 2] [--verify] [--rounds 5] [--quick] [--keep]
 """
 
 from __future__ import annotations
@@ -24,157 +26,157 @@ import subprocess
 import sys
 import zipfile
 import zlib
+from importlib import util
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common as c  # noqa: E402
+import datafiles  # noqa: E402
+import servers  # noqa: E402
+from measuring import Download, fmt_size, parse_size, probe  # noqa: E402
+from processes import Unavailable  # noqa: E402
+from runner import Batch, Benchmark, Option, Row, System, faster, main, rss_at_most, speed_at_least  # noqa: E402
 
-RSS_TARGET = 60.0
-FWD_TARGET = 0.8
+RSS = 60.0
+VS_FORWARD = 0.8        # stored ZIP x forwarding (it made 0.91x: keep, no regression)
+DEFLATE_MBPS = 250.0    # MB/s of input for ?compress=deflate, with the fast extra (issue 16)
+NODES = "abc"
 
 
-def verify_zip(url: str, path: str, member_size: int, data_path: str) -> str:
-    """Download once to a file and check it with zipfile: returns a one-line verdict."""
-    subprocess.run(["curl", "-s", "-o", path, url], check=True)
+def _roots(ws, tag: str, name: str, data: str) -> dict[str, str]:
+    """Three roots holding hard links of one file."""
+    roots = {n: ws.path(f"zip_{tag}", f"root_{n}") for n in NODES}
+    for n in NODES:
+        datafiles.place(data, os.path.join(roots[n], name))
+    return roots
+
+
+def crc32_of(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def verify_zip(url: str, dest: str, member: str, data_path: str) -> str:
+    """Download the archive once and check every member named `member` with zipfile: one line."""
+    subprocess.run(["curl", "-s", "-o", dest, url], check=True)
     try:
-        crc = 0
-        with open(data_path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                crc = zlib.crc32(chunk, crc)
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-            bad = [i.filename for i in infos if i.filename.endswith("f.bin")
-                   and (i.file_size != member_size or i.CRC != crc)]
-            names = ", ".join(i.filename for i in infos)
+        size, crc = os.path.getsize(data_path), crc32_of(data_path)
+        with zipfile.ZipFile(dest) as z:
+            infos = [i for i in z.infolist() if i.filename.endswith(member)]
+            bad = [i.filename for i in infos if i.file_size != size or i.CRC != crc]
             tested = z.testzip()
-        verdict = "OK" if not bad and tested is None else f"BAD (members {bad}, testzip {tested})"
-        return f"{verdict}: members {names}"
-    except (zipfile.BadZipFile, OSError) as exc:
-        return f"BAD: {type(exc).__name__}: {exc}"
+        if len(infos) != len(NODES) or bad or tested is not None:
+            raise ValueError(f"BAD archive: {len(infos)} members, wrong {bad}, testzip {tested}")
+        return f"verify: OK, {len(infos)} members of {fmt_size(size)} ({', '.join(i.filename for i in infos)})"
     finally:
         try:
-            os.unlink(path)
+            os.unlink(dest)
         except OSError:
             pass
 
 
-def main(argv=None) -> str:
-    p = c.base_parser(__doc__.split("\n\n")[0], "256M")
-    p.add_argument("--naive-size", default="64M", help="member size for the naive deflating recipe (default 64M)")
-    p.add_argument("--naive-runs", type=int, default=3, help="runs for the naive recipe (default 3; 0 = skip)")
-    p.add_argument("--no-double", action="store_true", help="skip the run at twice --size")
-    p.add_argument("--verify", action="store_true",
-                   help="also download each archive once to disk and check it with zipfile (sizes, CRCs)")
-    p.add_argument("--arena-max", type=int, default=2,
-                   help="also run the ZIP with every node under MALLOC_ARENA_MAX=N, to show glibc's per-thread "
-                        "malloc arenas in the peak RSS (0 = skip; default 2)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.size, args.runs, args.naive_size, args.naive_runs = "32M", 2, "8M", 1
-    size = c.parse_size(args.size)
-    sizes = [size] if args.no_double else [size, 2 * size]
-    naive_size = c.parse_size(args.naive_size)
-
-    with c.Bench(args, "zip") as b:
-        rows, results, notes_extra = [], [], []
-
-        def start_cluster(tag, roots, env=None):
-            hosts = {n: b.host() for n in "abc"}
-            ports = {n: c.free_port(hosts[n]) for n in "abc"}
-            cfg = c.write_cluster_config(b.path(f"zip-{tag}.toml"),
-                                         {n: (f"http://{hosts[n]}:{ports[n]}", roots[n]) for n in "abc"})
-            procs = {}
-            for n in "cba":
-                procs[n] = b.track(c.start_node(b.workdir, cfg, n, hosts[n], ports[n], threads=args.threads,
-                                                env=env))
-            return procs
-
-        for s in sizes:
-            data = c.make_random_file(b.path("data", f"random-{s}.bin"), s)
-            roots = {n: b.path(f"zip_{s}", f"root_{n}") for n in "abc"}
-            for n in "abc":
-                c.link_or_copy(data, os.path.join(roots[n], "f.bin"))
-            c.warm_cache(data)
-
-            def zip_row(env=None):
-                procs = start_cluster(f"zip-{s}-{bool(env)}", roots, env)
-                url = f"{procs['a'].base_url}/cluster/files/f.bin"
-                hdrs = c.probe(url)
-                clen = int(hdrs["content-length"]) if "content-length" in hdrs else None
-                if clen is not None and clen < 3 * s:
-                    raise c.Unavailable(f"Content-Length {clen} < 3 x {s}")
-
-                def after(r):
-                    r.extra["peers_rss"] = max(c.peak_rss_mib(procs[n].pid) for n in "bc")
-                    if args.verify:  # after the timed runs, so that it does not raise the peak RSS
-                        notes_extra.append(f"verify {c.fmt_size(s)}: " +
-                                           verify_zip(url, b.path("check.zip"), s, data))
-                return c.Target([procs["a"]], [url], clen, after=after)
-
-            def fwd_row():
-                procs = start_cluster(f"fwd-{s}", roots)
-                urls = [f"{procs['a'].base_url}/nodes/{n}/files/f.bin" for n in "abc"]
-                for u in urls:
-                    c.probe(u)
-
-                def after(r):
-                    r.extra["peers_rss"] = max(c.peak_rss_mib(procs[n].pid) for n in "bc")
-                return c.Target([procs["a"]], urls, s, after=after)
-
-            items = [b.prepare("wsgi_stream /cluster/files/f.bin (stored ZIP)", "waitress", zip_row),
-                     b.prepare("3 x forward (/nodes/{a,b,c}/files/f.bin)", "waitress", fwd_row)]
-            if args.arena_max:
-                items.append(b.prepare(f"wsgi_stream /cluster/files/f.bin, MALLOC_ARENA_MAX={args.arena_max}",
-                                       "waitress", lambda: zip_row({"MALLOC_ARENA_MAX": str(args.arena_max)})))
-            z, fwd, *za = b.run(items, args.runs)
-            results += [z, fwd]
-            def met_of(r):
-                vs = c.ratio(r, fwd)
-                met = [c.check(vs, ">=", FWD_TARGET), c.check(r.rss_mib, "<=", RSS_TARGET)]
-                return ("n/a" if "n/a" in met else ("yes" if met == ["yes", "yes"] else f"NO ({', '.join(met)})"),
-                        c._f(vs, ".2f"))
-            tgt = f">={FWD_TARGET}x forwarding, <={RSS_TARGET:.0f} MiB"
-            for r, tgt, (m, rt) in [(z, tgt, met_of(z))] + [(r2, tgt, met_of(r2)) for r2 in za] + \
-                                   [(fwd, "(reference)", ("", "1.00" if fwd.ok else "n/a"))]:
-                peers = f"{r.extra['peers_rss']:.1f}" if "peers_rss" in r.extra else "n/a"
-                rows.append([r.label, f"3 x {c.fmt_size(s)}"] + c.result_cells(r) + [peers, rt, tgt, m])
-
-        def naive_row():
-            root_n = b.path("root_naive")
-            nd = c.make_random_file(b.path("data", f"random-{naive_size}.bin"), naive_size)
-            c.link_or_copy(nd, os.path.join(root_n, "f.bin"))
-            c.warm_cache(nd)
-            back = b.track(c.start_nginx(b.workdir, "zip-naive-back", b.host(), "static", root=root_n))
-            host = b.host()
-            proc = b.track(c.start_wsgi(b.workdir, "naive-zip", "waitress", "naive_app:application", host,
-                                        args.threads, c.BENCH_DIR,
-                                        {"NAIVE_MODE": "zip", "NAIVE_UPSTREAMS": ",".join([back.base_url] * 3)}))
-            return c.measure("", proc, f"{proc.base_url}/f.bin", None, args.naive_runs, min_mbps=0.5)
-
-        naive = b.attempt("naive: requests + zipstream ZIP_DEFLATED -> nginx", "waitress", naive_row) \
-            if args.naive_runs > 0 else c.na("naive", "skipped (--naive-runs 0)")
-        results.append(naive)
-        ref = results[1] if len(results) > 1 else None
-        if args.naive_runs > 0:
-            rows.append([naive.label, f"3 x {c.fmt_size(naive_size)}"] + c.result_cells(naive) +
-                        ["", c._f(c.ratio(naive, ref), ".2f"), "(reference)", ""])
-        notes = [f"{args.runs} runs, ZIP and forwarding interleaved ({args.naive_runs} for the naive row), median (min-max) MB/s of the bytes "
-                 "received (MB = 10^6 B), curl to /dev/null, page cache warm; every node under waitress, "
-                 f"{args.threads} threads; all 3 copies are hard links of one random file.",
-                 "Each row has its own fresh 3-node cluster; CPU s/GiB and peak RSS are node a's (the one the client "
-                 "talks to); 'peers RSS' is the larger of b's and c's.",
-                 "Forwarding reference: the same 3 reads as the ZIP (a local, b and c forwarded), "
-                 "throughput = total bytes / total time.",
-                 f"The naive recipe deflates (random data: no gain) and moves 3 x {c.fmt_size(naive_size)}; its "
-                 "ratio is against the first forwarding row."]
-        return c.print_table(f"Cluster ZIP, GET /cluster/files/f.bin on node a, file on 3 nodes",
-                             ["system", "data", "MB/s", "CPU s/GiB", "peak RSS MiB", "peers RSS MiB",
-                              "x forwarding", "target", "met"], rows,
-                             notes + notes_extra + c.error_notes([r for r in results if r.label != "naive"]))
+def _zip(ws, o, roots, name, data_path, query="", env=None, min_size=0):
+    def start():
+        nodes = servers.cluster(ws, f"zip-{name}", roots, "waitress", o.threads, env=env)
+        url = f"{nodes['a'].base_url}/cluster/files/{name}{query}"
+        clen = probe(url).get("content-length")
+        if clen is not None and int(clen) < min_size:
+            raise Unavailable(f"Content-Length {clen} < {min_size}")
+        after = (lambda: verify_zip(url, ws.path("check.zip"), name, data_path)) if o.verify else None
+        return System(nodes["a"], peers=[nodes["b"], nodes["c"]], after=after)
+    return start
 
 
-# (results holds the ZIP and forwarding rows; the MALLOC_ARENA_MAX rows are only printed)
+def _forward(ws, o, roots, name):
+    def start():
+        nodes = servers.cluster(ws, f"zip-fwd-{name}", roots, "waitress", o.threads)
+        return System(nodes["a"], peers=[nodes["b"], nodes["c"]])
+    return start
 
+
+def _forward_row(ws, o, roots, name, size, data) -> Row:
+    return Row(f"3 x forward (/nodes/{{a,b,c}}/files/{name})", "waitress", _forward(ws, o, roots, name),
+               Download([f"/nodes/{n}/files/{name}" for n in NODES], size), data=data, id="forward")
+
+
+def stored(ws, o, size: int) -> Batch:
+    data_path = datafiles.warm(datafiles.random_file(ws.path("data", f"random-{size}.bin"), size))
+    roots = _roots(ws, f"stored_{size}", "f.bin", data_path)
+    d = f"3 x {fmt_size(size)}"
+    get = Download(["/cluster/files/f.bin"], None)
+    targets = (faster(VS_FORWARD, "forward", True), rss_at_most(RSS, True))
+    rows = [_forward_row(ws, o, roots, "f.bin", size, d),
+            Row("wsgi_stream /cluster/files/f.bin (stored ZIP)", "waitress",
+                _zip(ws, o, roots, "f.bin", data_path, min_size=3 * size), get, ref="forward", targets=targets,
+                data=d)]
+    if o.arena_max:
+        rows.append(Row(f"wsgi_stream /cluster/files/f.bin, MALLOC_ARENA_MAX={o.arena_max}", "waitress",
+                        _zip(ws, o, roots, "f.bin", data_path, env={"MALLOC_ARENA_MAX": str(o.arena_max)},
+                             min_size=3 * size), get, ref="forward",
+                        targets=(faster(VS_FORWARD, "forward"), rss_at_most(RSS)), data=d))
+    return Batch(f"Cluster ZIP, GET /cluster/files/f.bin on node a, {d} of random data", rows,
+                 notes=["CPU s/GiB and peak RSS: node a's (the one the client talks to); 'peers RSS': the larger "
+                        "of b's and c's. Forwarding: the same 3 reads as the ZIP, total bytes / total time.",
+                        f"every node under waitress, {o.threads} threads; the 3 copies are hard links of one file."])
+
+
+def deflate(ws, o) -> Batch:
+    size = parse_size(o.log_size)
+    data_path = datafiles.warm(datafiles.log_text_file(ws.path("data", f"log-{size}.log"), size))
+    roots = _roots(ws, f"deflate_{size}", "app.log", data_path)
+    d = f"3 x {fmt_size(size)} log text"
+    rows = [_forward_row(ws, o, roots, "app.log", size, d),
+            Row("wsgi_stream /cluster/files/app.log?compress=deflate", "waitress",
+                _zip(ws, o, roots, "app.log", data_path, query="?compress=deflate"),
+                Download(["/cluster/files/app.log?compress=deflate"], None, counted=3 * size), ref="forward",
+                targets=(speed_at_least(DEFLATE_MBPS, True),), data=d)]
+    fast = "installed" if util.find_spec("isal") else "NOT installed"
+    return Batch(f"Cluster ZIP, ?compress=deflate of log text, {d}", rows,
+                 notes=["MB/s and CPU s/GiB of the deflate row count the input (3 x the file), not the smaller archive sent.",
+                        f"isal (the `fast` extra) is {fast} in the interpreter running the bench."])
+
+
+def naive(ws, o) -> Batch:
+    size = parse_size(o.naive_size)
+    data_path = datafiles.warm(datafiles.random_file(ws.path("data", f"random-{size}.bin"), size))
+    roots = _roots(ws, f"naive_{size}", "f.bin", data_path)
+    d = f"3 x {fmt_size(size)}"
+
+    def start():
+        back = servers.nginx(ws, "zip-naive-back", "static", root=roots["a"])
+        app = servers.naive_app(ws, "zip", {"NAIVE_MODE": "zip", "NAIVE_UPSTREAMS": ",".join([back.base_url] * 3)},
+                                o.threads)
+        return System(app, peers=[back])
+    rows = [_forward_row(ws, o, roots, "f.bin", size, d),
+            Row("naive: zipstream ZIP_DEFLATED, 8 KiB reads -> nginx", "waitress", start,
+                Download(["/f.bin"], None, min_mbps=0.5), ref="forward", data=d)]
+    return Batch(f"Cluster ZIP, the naive recipe (bench/naive_app.py) vs forwarding, {d}", rows,
+                 rounds=o.naive_rounds,
+                 notes=["The naive recipe deflates random data (no gain) from nginx, the fastest upstream there is."])
+
+
+def batches(ws, o):
+    size = parse_size(o.size)
+    for s in ([size] if o.no_double else [size, 2 * size]):
+        yield stored(ws, o, s)
+    if parse_size(o.log_size) > 0:
+        yield deflate(ws, o)
+    if o.naive_rounds > 0:
+        yield naive(ws, o)
+
+
+BENCH = Benchmark(
+    "zip", __doc__, batches,
+    options={"size": Option("256M", "size of the file on each node (stored batches)"),
+             "no_double": Option(False, "skip the batch at twice --size"),
+             "log_size": Option("256M", "size of the log file on each node (deflate batch; 0 = skip)"),
+             "naive_size": Option("64M", "size of the file on each node for the naive recipe"),
+             "naive_rounds": Option(3, "rounds of the naive batch (0 = skip)"),
+             "arena_max": Option(2, "also the ZIP with every node under MALLOC_ARENA_MAX=N (0 = skip)"),
+             "verify": Option(False, "after the rounds, download each archive once and check it with zipfile")},
+    quick={"size": "16M", "log_size": "16M", "naive_size": "4M", "naive_rounds": 2})
 
 if __name__ == "__main__":
-    c.run_main(main)
+    main(BENCH)

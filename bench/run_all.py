@@ -1,80 +1,95 @@
 #!/usr/bin/env python3
-"""Run every benchmark in turn and print all tables (optionally also into a file).
+"""Run every benchmark in turn: one work dir (the test files are written once), one date stamp.
 
-    python bench/run_all.py [--quick] [--runs 5] [--threads 8] [--only local,forward,zip,upload]
-        [--servers waitress,uwsgi,gunicorn] [--size SIZE] [--out tables.md] [--keep] [--workdir DIR]
+How to run (repository root, the venv's python; nginx, haproxy and curl on the PATH):
 
-The scripts share one work dir, so the random test files are written once.
-Each script keeps its own default size (1 GiB; 256 MiB for the cluster ZIP)
-unless --size is given.
+    python bench/run_all.py --quick          # smoke test: small files, 2 rounds, no verdicts (< 3 minutes)
+    python bench/run_all.py                  # the recorded run: full sizes, 5 rounds (long: the machine is shared)
+    python bench/run_all.py [--only local,forward,zip,upload] [--rounds 5] [--threads 64]
+        [--servers waitress,uwsgi,gunicorn] [--size SIZE] [--wait-idle 20] [--out tables.md] [--keep] [--workdir DIR]
+    python bench/report.py                   # README's headline table from the newest bench/results/*.json
+
+Each benchmark writes bench/results/<bench>-<date>.json (quick runs: ...-quick.json, not committed).
+Options left out keep each benchmark's own default (see `python bench/<script>.py --help`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cluster_zip  # noqa: E402
-import common as c  # noqa: E402
 import forward  # noqa: E402
 import local_download  # noqa: E402
+import reporting  # noqa: E402
+import runner  # noqa: E402
 import upload  # noqa: E402
+from processes import Workspace, install_signal_handlers, stop_all  # noqa: E402
 
-SCRIPTS = {"local": local_download, "forward": forward, "zip": cluster_zip, "upload": upload}
+BENCHES = {b.name: b for b in (local_download.BENCH, forward.BENCH, cluster_zip.BENCH, upload.BENCH)}
+PASSED_ON = ("rounds", "threads", "servers", "size", "wait_idle", "results")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, 2 rounds: a smoke test")
+    p.add_argument("--only", default=",".join(BENCHES), help=f"subset of {','.join(BENCHES)}")
+    p.add_argument("--rounds", "--runs", dest="rounds", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--servers")
+    p.add_argument("--size", help="override every benchmark's --size")
+    p.add_argument("--wait-idle", dest="wait_idle", type=float)
+    p.add_argument("--results", help="directory of the JSON results (default bench/results)")
+    p.add_argument("--no-results", action="store_true")
+    p.add_argument("--out", help="also write every table (Markdown) to this file")
+    p.add_argument("--workdir")
+    p.add_argument("--keep", action="store_true")
+    return p.parse_args(argv)
+
+
+def bench_argv(args: argparse.Namespace) -> list[str]:
+    """The options run_all passes on to each benchmark (only those given)."""
+    argv = ["--quick"] if args.quick else []
+    for dest in PASSED_ON:
+        value = getattr(args, dest)
+        if value is not None:
+            argv += ["--" + dest.replace("_", "-"), str(value)]
+    return argv + (["--no-results"] if args.no_results else [])
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes, 2 runs: a smoke test")
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=8)
-    p.add_argument("--size", default=None, help="override every script's --size")
-    p.add_argument("--only", default=",".join(SCRIPTS), help=f"subset of {','.join(SCRIPTS)}")
-    p.add_argument("--servers", default="waitress,uwsgi,gunicorn", help="WSGI servers for local_download.py, forward.py and upload.py")
-    p.add_argument("--out", default=None, help="also write the tables (Markdown) to this file")
-    p.add_argument("--wait-idle", type=float, default=20.0, help="see the scripts' --wait-idle")
-    p.add_argument("--workdir", default=None)
-    p.add_argument("--keep", action="store_true")
-    args = p.parse_args(argv)
-
-    workdir = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="wsgi_stream_bench_all_")
-    tables = [f"Machine: {c.machine_line()}", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
-    print("\n".join(tables), flush=True)
+    args = parse(argv)
+    install_signal_handlers()
+    stamp = reporting.stamp()
+    tables = [f"Date: {stamp}", ""]
+    t_all = time.monotonic()
     try:
-        for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-            mod = SCRIPTS[name]
-            sub = ["--runs", str(args.runs), "--threads", str(args.threads), "--workdir", workdir, "--keep",
-                   "--wait-idle", str(args.wait_idle)]
-            if args.quick:
-                sub.append("--quick")
-            if args.size:
-                sub += ["--size", args.size]
-            if name in ("local", "forward", "upload"):
-                sub += ["--servers", args.servers]
-            t0 = time.monotonic()
-            try:
-                tables.append(mod.main(sub))
-            except SystemExit as exc:  # argparse error in a script
-                tables.append(f"### {name}: exited ({exc.code})\n")
-            except Exception as exc:  # noqa: BLE001 - one script failing must not stop the others
-                msg = f"### {name}: n/a ({type(exc).__name__}: {exc})\n"
-                print(msg, flush=True)
-                tables.append(msg)
-            c.log(f"{name} took {time.monotonic() - t0:.0f}s")
+        with Workspace(args.workdir, args.keep, "all") as ws:
+            for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+                bench, t0 = BENCHES[name], time.monotonic()
+                try:
+                    results = runner.run(bench, runner.parse(bench, bench_argv(args)), ws, stamp)
+                    tables += [reporting.render_batch(b) for b in results["batches"]]
+                except Exception as exc:  # noqa: BLE001 - one benchmark failing must not stop the others
+                    msg = f"### {name}: n/a ({type(exc).__name__}: {exc})\n"
+                    print(msg, flush=True)
+                    tables.append(msg)
+                reporting.log(f"{name} took {time.monotonic() - t0:.0f}s")
+    except KeyboardInterrupt:
+        stop_all()
+        print("interrupted: every process started was stopped", file=sys.stderr)
+        sys.exit(130)
     finally:
-        c.stop_all()
         if args.out:
             with open(args.out, "w") as f:
                 f.write("\n".join(tables) + "\n")
-        if not args.keep and not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    reporting.log(f"all benchmarks took {time.monotonic() - t_all:.0f}s")
 
 
 if __name__ == "__main__":
-    c.run_main(main)
+    main()

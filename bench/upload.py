@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""Uploads: ``curl -T`` of a file to a node (PUT /files/up.bin) and through a node
-to its peer (PUT /nodes/b/files/up.bin on node a), config ``uploads = true``.
+"""Uploads: curl -T of a file to a node (PUT /files/up.bin) and through a node to its peer
+(PUT /nodes/b/files/up.bin on node a), config `uploads = true`.
 
-Compared, in the same run, with
-  * curl -T to nginx WebDAV (``dav_methods PUT``: body to a temp file, renamed);
-  * curl -T to nginx proxy_pass (proxy_request_buffering off) -> nginx WebDAV,
-    the reference for the forwarded upload.
-nginx does not fsync; wsgi_stream does (contract 4.2), so the disk's fsync speed
-(printed) bounds it.
+One batch (--size, default 1 GiB), measured in the same rounds:
+  * curl -T to nginx WebDAV (dav_methods PUT: body to a temp file, renamed);
+  * curl -T to nginx proxy_pass (proxy_request_buffering off) -> nginx WebDAV: the reference
+    of the upload through a peer;
+  * the node under each server, started as deploy/ does, to itself and through a peer.
+nginx does not fsync; wsgi_stream does (contract 4.2), so the disk's fsync speed (noted under
+the table) bounds the node and not nginx. Each upload replaces the previous one.
 
-    python bench/upload.py [--size 1G] [--runs 5] [--threads 8] [--servers waitress]
-        [--keep] [--workdir DIR] [--quick]
+How to run (repository root, the venv's python):
 
-Targets: >= 0.5x nginx WebDAV PUT, <= 60 MiB peak RSS on the node the client talks to.
+    python bench/upload.py [--size 1G] [--servers waitress,uwsgi,gunicorn] [--rounds 5] [--quick] [--keep]
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common as c  # noqa: E402
+import datafiles  # noqa: E402
+import servers  # noqa: E402
+from measuring import GiB, Upload, fmt_size, parse_size  # noqa: E402
+from runner import Batch, Benchmark, Option, Row, System, faster, main, rss_at_most  # noqa: E402
 
-RSS_TARGET = 60.0
-NGINX_TARGET = 0.5
+RSS = 60.0
+VS_NGINX = {"uwsgi": 1.0}   # x nginx WebDAV (issue 16); 0.5 for the others
+VS_NGINX_DEFAULT = 0.5
 
 
 def disk_fsync_mbps(path: str, size: int) -> float | None:
@@ -41,7 +45,7 @@ def disk_fsync_mbps(path: str, size: int) -> float | None:
                 f.write(buf)
             f.flush()
             os.fsync(f.fileno())
-        return (size / (time.monotonic() - t0)) / 1e6
+        return size / (time.monotonic() - t0) / 1e6
     except OSError:
         return None
     finally:
@@ -51,106 +55,71 @@ def disk_fsync_mbps(path: str, size: int) -> float | None:
             pass
 
 
-def main(argv=None) -> str:
-    p = c.base_parser(__doc__.split("\n\n")[0], "1G")
-    p.add_argument("--servers", default="waitress",
-                   help="WSGI servers to run node a under (peer b runs under the same server), e.g. waitress,uwsgi,gunicorn")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.size, args.runs = "64M", 2
-    size = c.parse_size(args.size)
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+def _dir(ws, *parts) -> str:
+    path = ws.path("upload", *parts)
+    os.makedirs(path, exist_ok=True)
+    return path
 
-    with c.Bench(args, "upload") as b:
-        data = c.make_random_file(b.path("data", f"random-{size}.bin"), size)
-        c.warm_cache(data)
-        up = b.path("upload")
-        subprocess.run(["sync"], check=False)
-        disk = disk_fsync_mbps(b.path("fsync-test.bin"), min(size, c.GiB))
 
-        def nginx_row():
-            root_n = os.path.join(up, "nginx")
-            os.makedirs(root_n, exist_ok=True)
-            ng = b.track(c.start_nginx(b.workdir, "dav", b.host(), "dav", root=root_n))
-            c.probe(f"{ng.base_url}/probe.bin", "PUT", b"x", expect=(201, 204))
-            return c.Target([ng], [f"{ng.base_url}/up.bin"], size, upload=data, expect_codes=(201, 204))
+def _nginx_dav(ws, proxied: bool):
+    def start():
+        if not proxied:
+            return System(servers.nginx(ws, "dav", "dav", root=_dir(ws, "nginx")))
+        back = servers.nginx(ws, "dav-back", "dav", root=_dir(ws, "nginx_proxied"))
+        return System(servers.nginx(ws, "dav-front", "proxy", upstream=back.base_url), peers=[back])
+    return start
 
-        def nginx_proxy_row():
-            root_n = os.path.join(up, "nginx_proxied")
-            os.makedirs(root_n, exist_ok=True)
-            back = b.track(c.start_nginx(b.workdir, "dav-back", b.host(), "dav", root=root_n))
-            front = b.track(c.start_nginx(b.workdir, "dav-front", b.host(), "proxy", upstream=back.base_url))
-            c.probe(f"{front.base_url}/probe.bin", "PUT", b"x", expect=(201, 204))
-            return c.Target([front], [f"{front.base_url}/up.bin"], size, upload=data, expect_codes=(201, 204))
 
-        def node_row(server, through):
-            def fn():
-                root_a = os.path.join(up, f"{server}_{int(through)}", "root_a")
-                root_b = os.path.join(up, f"{server}_{int(through)}", "root_b")
-                os.makedirs(root_a, exist_ok=True)
-                os.makedirs(root_b, exist_ok=True)
-                ha, hb = b.host(), b.host()
-                pa, pb = c.free_port(ha), c.free_port(hb)
-                cfg = c.write_cluster_config(b.path(f"upload-{server}-{int(through)}.toml"),
-                                             {"a": (f"http://{ha}:{pa}", root_a), "b": (f"http://{hb}:{pb}", root_b)},
-                                             uploads=True)
-                peer = (b.track(c.start_node(b.workdir, cfg, "b", hb, pb, server=server, threads=args.threads))
-                        if through else None)
-                node_a = b.track(c.start_node(b.workdir, cfg, "a", ha, pa, server=server, threads=args.threads))
-                prefix = "/nodes/b/files" if through else "/files"
-                dest_root = root_b if through else root_a
-                c.probe(f"{node_a.base_url}{prefix}/probe.bin", "PUT", b"x", expect=(201, 204))
+def _node(ws, server, threads, through: bool, size: int):
+    def start():
+        roots = {n: _dir(ws, f"{server}_{int(through)}", f"root_{n}") for n in "ab"}
+        nodes = servers.cluster(ws, f"upload-{server}", roots, server, threads, uploads=True,
+                                start=None if through else "a")
+        dest = os.path.join(roots["b" if through else "a"], "up.bin")
 
-                def after(r):
-                    got = os.path.getsize(os.path.join(dest_root, "up.bin"))
-                    if got != size:
-                        r.error = f"stored file has {got} bytes, expected {size}"
-                    if peer is not None:
-                        r.extra["peer_rss"] = c.peak_rss_mib(peer.pid)
-                return c.Target([node_a], [f"{node_a.base_url}{prefix}/up.bin"], size, upload=data,
-                                expect_codes=(201, 204), after=after)
-            return fn
+        def after():
+            got = os.path.getsize(dest)
+            if got != size:
+                raise ValueError(f"stored file has {got} bytes, expected {size}")
+            return ""
+        return System(nodes["a"], peers=[nodes["b"]] if through else [], after=after)
+    return start
 
-        items = [b.prepare("nginx WebDAV PUT", "nginx", nginx_row),
-                 b.prepare("nginx proxy_pass -> nginx WebDAV PUT", "nginx", nginx_proxy_row)]
-        for server in servers:
-            for through, label in ((False, "wsgi_stream PUT /files/up.bin"),
-                                   (True, "wsgi_stream PUT /nodes/b/files/up.bin (a -> b)")):
-                items.append(b.prepare(label, server, node_row(server, through)))
-        try:
-            results = b.run(items, args.runs)
-        finally:
-            shutil.rmtree(up, ignore_errors=True)
-        nginx, nginx_proxy = results[0], results[1]
-        rows = []
-        for r in results[2:]:
-            through, label, server = "/nodes/" in r.label, r.label, r.server
-            vs = c.ratio(r, nginx)
-            met = [c.check(vs, ">=", NGINX_TARGET), c.check(r.rss_mib, "<=", RSS_TARGET)]
-            met_s = "n/a" if "n/a" in met else ("yes" if met == ["yes", "yes"] else f"NO ({', '.join(met)})")
-            peer = f"{r.extra['peer_rss']:.1f}" if "peer_rss" in r.extra else ""
-            rows.append([label, server] + c.result_cells(r) + [peer, c._f(vs, ".2f"),
-                         c._f(c.ratio(r, nginx_proxy), ".2f") if through else "",
-                         f">={NGINX_TARGET}x nginx, <={RSS_TARGET:.0f} MiB", met_s])
-        rows.append(["nginx WebDAV PUT", "nginx"] + c.result_cells(nginx) +
-                    ["", "1.00" if nginx.ok else "n/a", "", "(reference)", ""])
-        rows.append(["nginx proxy_pass -> nginx WebDAV PUT", "nginx"] + c.result_cells(nginx_proxy) +
-                     ["", c._f(c.ratio(nginx_proxy, nginx), ".2f"), "1.00" if nginx_proxy.ok else "n/a",
-                      "(reference)", ""])
-        notes = [f"curl -T of a {c.fmt_size(size)} random file (page cache warm, 'Expect:' disabled), {args.runs} runs "
-                 "interleaved across systems, "
-                 f"median (min-max) MB/s (MB = 10^6 B); {args.threads} threads per WSGI server; each upload replaces "
-                 "the previous one.",
-                 "CPU s/GiB and peak RSS: the process the client talks to (node a / nginx front); 'peer RSS' is node b's "
-                 "(same WSGI server as a).",
-                 "waitress reads a whole request body (to a temporary file past 512 KiB) before it calls the app, so "
-                 "under waitress an upload is received, then stored: not pipelined; uwsgi and gunicorn stream it.",
-                 f"Disk under the work dir: {c._f(disk, '.0f')} MB/s for {c.fmt_size(min(size, c.GiB))} written + fsync "
-                 "(wsgi_stream fsyncs every upload before the rename, nginx WebDAV does not)."]
-        return c.print_table(f"Upload, curl -T {c.fmt_size(size)}",
-                             ["system", "server", "MB/s", "CPU s/GiB", "peak RSS MiB", "peer RSS MiB", "x nginx",
-                              "x nginx proxy", "target", "met"], rows, notes + c.error_notes(results))
 
+def batches(ws, o):
+    size = parse_size(o.size)
+    data = datafiles.warm(datafiles.random_file(ws.path("data", f"random-{size}.bin"), size))
+    subprocess.run(["sync"], check=False)
+    disk = disk_fsync_mbps(ws.path("fsync-test.bin"), min(size, GiB))
+    put, put_b = Upload("/files/up.bin", data, size), Upload("/nodes/b/files/up.bin", data, size)
+    dav_put = Upload("/up.bin", data, size)
+    d = fmt_size(size)
+    rows = [Row("nginx WebDAV PUT", "nginx", _nginx_dav(ws, False), dav_put, data=d, id="nginx"),
+            Row("nginx proxy_pass -> nginx WebDAV PUT", "nginx", _nginx_dav(ws, True), dav_put, ref="nginx", data=d,
+                id="nginx proxy")]
+    for server in o.server_list:
+        vs = VS_NGINX.get(server, VS_NGINX_DEFAULT)
+        rows.append(Row("wsgi_stream PUT /files/up.bin", server, _node(ws, server, o.threads, False, size), put,
+                        ref="nginx", targets=(faster(vs, "nginx", True), rss_at_most(RSS)), data=d))
+        rows.append(Row("wsgi_stream PUT /nodes/b/files/up.bin (a -> b)", server,
+                        _node(ws, server, o.threads, True, size), put_b, ref="nginx proxy",
+                        targets=(faster(VS_NGINX_DEFAULT, "nginx"), rss_at_most(RSS)), data=d))
+    try:
+        yield Batch(f"Upload, curl -T {d}", rows, notes=[
+            "CPU s/GiB and peak RSS: the process the client talks to (node a / nginx front); 'peers RSS': node b's "
+            "(same server as a) or the nginx WebDAV behind the proxy.",
+            "waitress reads a whole request body (to a temporary file past 512 KiB) before it calls the app: "
+            "under waitress an upload is received, then stored; uwsgi and gunicorn stream it.",
+            f"Disk under the work dir: {'n/a' if disk is None else f'{disk:.0f}'} MB/s for "
+            f"{fmt_size(min(size, GiB))} written + fsync (wsgi_stream fsyncs every upload before the rename, "
+            "nginx WebDAV does not).",
+            f"{o.threads} threads per WSGI server; curl -T with 'Expect:' disabled, file in the page cache."])
+    finally:
+        shutil.rmtree(ws.path("upload"), ignore_errors=True)
+
+
+BENCH = Benchmark("upload", __doc__, batches, options={"size": Option("1G", "file size")},
+                  quick={"size": "32M"})
 
 if __name__ == "__main__":
-    c.run_main(main)
+    main(BENCH)
