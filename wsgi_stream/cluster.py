@@ -25,11 +25,13 @@ from .errors import ApiError, BadGateway, NotFound, StreamBroken
 from .paths import clean_relpath, resolve
 from .batch import PeerFiles, Wanted
 from .peers import PeerClient, TooSlow, quote_path
+from .selection import Selection, below, pick_entries
 from .zipfmt import StreamingZip, check_name
 
 log = logging.getLogger("wsgi_stream.cluster")
 
 REPORT_NAME = "_cluster.json"
+EVERYTHING = Selection()
 
 
 @dataclass(slots=True)
@@ -86,8 +88,8 @@ def _strong_etag(value) -> bool:
     return isinstance(value, str) and len(value) >= 2 and value.startswith('"') and value.endswith('"')
 
 
-def _collect(result: NodeResult, entries: Iterable, prefix: str) -> NodeResult:
-    """Keep the entries that are usable files with safe names; report the others as errors."""
+def _collect(result: NodeResult, entries: Iterable, prefix: str, selection: Selection = EVERYTHING) -> NodeResult:
+    """Keep the entries that are usable files with safe names and `selection` picks; report bad ones."""
     seen = set()
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("type", "file") != "file":
@@ -108,12 +110,14 @@ def _collect(result: NodeResult, entries: Iterable, prefix: str) -> NodeResult:
             continue
         seen.add(path)
         ok_mtime = isinstance(mtime, (int, float)) and not isinstance(mtime, bool)
+        if not selection.picks(below(path, prefix), size, float(mtime) if ok_mtime else None):
+            continue
         result.files.append(FileItem(result.node, path, size, float(mtime) if ok_mtime else None, etag))
     result.files.sort(key=lambda item: item.path)
     return result
 
 
-def plan_local(here: LocalNode, rel: str) -> NodeResult:
+def plan_local(here: LocalNode, rel: str, selection: Selection = EVERYTHING) -> NodeResult:
     """What this node has under `rel`, from its disk."""
     result = NodeResult(here.name, "ok")
     try:
@@ -122,14 +126,14 @@ def plan_local(here: LocalNode, rel: str) -> NodeResult:
     except (NotFound, FileNotFoundError, NotADirectoryError):
         return NodeResult(here.name, "missing", "No such file or directory.")
     if stat_mod.S_ISDIR(st.st_mode):
-        return _collect(result, listing.walk_files(here.root, rel), rel)
+        return _collect(result, listing.walk_files(here.root, rel), rel, selection)
     if not stat_mod.S_ISREG(st.st_mode):
         return NodeResult(here.name, "missing", "No such file or directory.")
     entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime, "etag": local.file_etag(st)}
-    return _collect(result, [entry], rel)
+    return _collect(result, [entry], rel, selection)
 
 
-def _peer_file(peers: PeerClient, node: str, rel: str) -> NodeResult:
+def _peer_file(peers: PeerClient, node: str, rel: str, selection: Selection) -> NodeResult:
     with peers.open(node, "HEAD", "/files/" + quote_path(rel), timeout=peers.planning_timeout) as response:
         if response.status == 404:
             return NodeResult(node, "missing", "No such file or directory.")
@@ -143,13 +147,14 @@ def _peer_file(peers: PeerClient, node: str, rel: str) -> NodeResult:
         modified = parse_date(headers.get("Last-Modified"))
         entry = {"path": rel, "size": size, "etag": headers.get("ETag"),
                  "mtime": modified.timestamp() if modified else None}
-        return _collect(NodeResult(node, "ok"), [entry], rel)
+        return _collect(NodeResult(node, "ok"), [entry], rel, selection)
 
 
-def plan_peer(peers: PeerClient, node: str, rel: str) -> NodeResult:
+def plan_peer(peers: PeerClient, node: str, rel: str, selection: Selection = EVERYTHING) -> NodeResult:
     """What peer `node` has under `rel`: its recursive listing, or else HEAD of the file."""
     try:
-        document = peers.get_json(node, "/list/" + quote_path(rel) + "?recursive=1", timeout=peers.planning_timeout)
+        document = peers.get_json(node, "/list/" + quote_path(rel) + "?recursive=1" + selection.query(),
+                                  timeout=peers.planning_timeout)
     except ApiError as exc:
         if exc.status != 404:
             return NodeResult(node, "error", exc.message)
@@ -157,26 +162,30 @@ def plan_peer(peers: PeerClient, node: str, rel: str) -> NodeResult:
         entries = document.get("entries") if isinstance(document, dict) else None
         if not isinstance(entries, list):
             return NodeResult(node, "error", f"Node {node} sent a listing without entries.")
-        return _collect(NodeResult(node, "ok"), entries, rel)
+        return _collect(NodeResult(node, "ok"), entries, rel, selection)
     if not rel:
         return NodeResult(node, "missing", "No such directory.")
     try:
-        return _peer_file(peers, node, rel)
+        return _peer_file(peers, node, rel, selection)
     except ApiError as exc:
         return NodeResult(node, "error", exc.message)
 
 
-def _plan_node(here: LocalNode, peers: PeerClient, node: str, rel: str) -> NodeResult:
+def _plan_node(here: LocalNode, peers: PeerClient, node: str, rel: str, selection: Selection) -> NodeResult:
     try:
-        return plan_local(here, rel) if node == here.name else plan_peer(peers, node, rel)
+        if node == here.name:
+            return plan_local(here, rel, selection)
+        return plan_peer(peers, node, rel, selection)
     except Exception as exc:  # one node's surprise must not sink the others
         log.exception("planning %r on node %s", rel, node)
         return NodeResult(node, "error", f"Unexpected error asking node {node}: {type(exc).__name__}.")
 
 
-def plan_cluster(here: LocalNode, peers: PeerClient, rel: str, nodes: list[str]) -> list[NodeResult]:
+def plan_cluster(here: LocalNode, peers: PeerClient, rel: str, nodes: list[str],
+                 selection: Selection = EVERYTHING) -> list[NodeResult]:
     """Ask every node in `nodes` concurrently what it has under `rel`; a node past the budget is an error."""
-    answers = peers.each(lambda node: _plan_node(here, peers, node, rel), nodes, peers.config.plan_timeout)
+    answers = peers.each(lambda node: _plan_node(here, peers, node, rel, selection), nodes,
+                         peers.config.plan_timeout)
     return [NodeResult(node, "error", str(a)) if isinstance(a, TooSlow) else a for node, a in zip(nodes, answers)]
 
 
@@ -215,13 +224,13 @@ def local_chunks(here: LocalNode, item: FileItem) -> Iterator[bytes]:
 
 # -- _cluster.json -------------------------------------------------------------------------------
 
-def _report_pieces(path: str | None, results: list[NodeResult], generated: list[tuple[str, int | None]],
-                   crc_hex, size_of) -> Iterator[bytes]:
+def _report_pieces(path: str | None, selection: Selection, results: list[NodeResult],
+                   generated: list[tuple[str, int | None]], crc_hex, size_of) -> Iterator[bytes]:
     """The report, piece by piece; with CRCs as 8 hex digits its length does not depend on them."""
     def dump(value) -> str:
         return json.dumps(value, ensure_ascii=False)
 
-    yield f'{{"path": {dump(path)},\n "nodes": {{'.encode()
+    yield f'{{"path": {dump(path)},\n "selection": {dump(selection.describe())},\n "nodes": {{'.encode()
     for i, r in enumerate(results):
         yield (f'{"," if i else ""}\n  {dump(r.node)}: {{"status": {dump(r.status)}, '
                f'"message": {dump(r.message)}, "files": [').encode()
@@ -249,14 +258,17 @@ class ClusterArchive:
     """
 
     def __init__(self, here: LocalNode, peers: PeerClient, path: str | None = "",
-                 nodes: Iterable[str] | None = None, *, deflate: bool = False, strict: bool = False):
-        self.here, self.peers = here, peers
+                 nodes: Iterable[str] | None = None, *, deflate: bool = False, strict: bool = False,
+                 selection: Selection = EVERYTHING):
+        self.here, self.peers, self.selection = here, peers, selection
         self.path = None if path is None else clean_relpath(path)
         self.created = time.time()
         names = select_nodes(peers.names, nodes)
-        self.results = [] if self.path is None else plan_cluster(here, peers, self.path, names)
+        self.results = [] if self.path is None else plan_cluster(here, peers, self.path, names, selection)
         if self.path is not None:
             _check_found(self.results, repr(self.path) if self.path else "the root folder")
+            if selection.active and not any(r.files for r in self.results):
+                raise NotFound("No file matches the selection.", code="nothing_selected")
         if strict and any(r.failed for r in self.results):
             detail = "; ".join(f"{r.node}: {r.message or 'entries left out'}" for r in self.results if r.failed)
             raise BadGateway(f"Not every node could deliver ({detail}).", code="nodes_failed")
@@ -302,7 +314,7 @@ class ClusterArchive:
         if self._finished:
             return
         self._finished = True
-        pieces = _report_pieces(self.path, self.results, self._generated, lambda name: "00000000",
+        pieces = _report_pieces(self.path, self.selection, self.results, self._generated, lambda name: "00000000",
                                 lambda name, size: size)
         size = None if any(s is None for _, s in self._generated) else sum(map(len, pieces))
         self._zip.add(REPORT_NAME, self._report(), size, self.created)
@@ -314,7 +326,7 @@ class ClusterArchive:
         def size_of(name, size):
             return size if size is not None else self._zip.written_size(name)
 
-        yield from _report_pieces(self.path, self.results, self._generated, crc_hex, size_of)
+        yield from _report_pieces(self.path, self.selection, self.results, self._generated, crc_hex, size_of)
 
     @property
     def length(self) -> int | None:
@@ -375,12 +387,15 @@ class ClusterArchive:
 
 # -- merged listings ------------------------------------------------------------------------------
 
-def _list_node(here: LocalNode, peers: PeerClient, node: str, rel: str) -> tuple[str, dict | list]:
+def _list_node(here: LocalNode, peers: PeerClient, node: str, rel: str,
+               selection: Selection) -> tuple[str, dict | list]:
     """(status, entries) of directory `rel` on `node`, or (status, {"message": ...})."""
     try:
         if node == here.name:
-            return "ok", listing.list_entries(here.root, rel)
-        document = peers.get_json(node, "/list/" + quote_path(rel), timeout=peers.planning_timeout)
+            return "ok", pick_entries(listing.list_entries(here.root, rel), rel, selection)
+        query = selection.query()
+        document = peers.get_json(node, "/list/" + quote_path(rel) + (f"?{query[1:]}" if query else ""),
+                                  timeout=peers.planning_timeout)
     except ApiError as exc:
         return ("missing" if exc.status == 404 else "error"), {"message": exc.message}
     except Exception as exc:
@@ -389,7 +404,7 @@ def _list_node(here: LocalNode, peers: PeerClient, node: str, rel: str) -> tuple
     entries = document.get("entries") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         return "error", {"message": f"Node {node} sent a listing without entries."}
-    return "ok", entries
+    return "ok", pick_entries(entries, rel, selection)
 
 
 def _usable_entry(entry, rel: str) -> bool:
@@ -422,12 +437,13 @@ def merge_listings(rel: str, answers: list[tuple[str, str, object]]) -> dict:
     return {"path": rel, "nodes": nodes, "entries": [merged[k] for k in sorted(merged)]}
 
 
-def cluster_listing(here: LocalNode, peers: PeerClient, path: str, nodes: Iterable[str] | None = None) -> dict:
+def cluster_listing(here: LocalNode, peers: PeerClient, path: str, nodes: Iterable[str] | None = None,
+                    selection: Selection = EVERYTHING) -> dict:
     """The listings of folder `path` on every selected node, merged by name; 404/502 if none has it."""
     rel = clean_relpath(path)
     names = select_nodes(peers.names, nodes)
     answers = [("error", {"message": str(a)}) if isinstance(a, TooSlow) else a
-               for a in peers.each(lambda node: _list_node(here, peers, node, rel), names, peers.config.plan_timeout)]
+               for a in peers.each(lambda node: _list_node(here, peers, node, rel, selection), names, peers.config.plan_timeout)]
     results = [NodeResult(node, status, value.get("message") if status != "ok" else None)
                for node, (status, value) in zip(names, answers)]
     _check_found(results, f"the folder {rel or '/'!r}")

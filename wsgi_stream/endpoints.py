@@ -27,6 +27,7 @@ from .params import compress, flag, nodes
 from .paths import clean_relpath
 from .peers import HEALTH_TIMEOUT, PeerClient, TooSlow, quote_path
 from .replies import Reply, json_reply
+from .selection import parse_selection, pick_entries
 from .uploads import UploadLimits
 
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -86,7 +87,9 @@ def file(s: Services, request: Request, path: str) -> Reply:
 @route("/list/", "/list/<path:path>", defaults={"path": ""})
 def list_(s: Services, request: Request, path: str) -> Reply:
     """GET /list/{path}: a folder of this node (`?recursive=1`: every file below it)."""
-    return json_reply(listing.listing(s.local.name, s.local.root, path, flag(request.args, "recursive"), s.crcs))
+    document = listing.listing(s.local.name, s.local.root, path, flag(request.args, "recursive"), s.crcs)
+    document["entries"] = pick_entries(document["entries"], document["path"], parse_selection(request.args))
+    return json_reply(document)
 
 
 @route("/")
@@ -145,9 +148,8 @@ def node_list(s: Services, request: Request, node: str, path: str) -> Reply:
     s.peers.node(node)
     if node == s.local.name:
         return list_(s, request, path)
-    url_path = "/list/" + quote_path(clean_relpath(path))
-    if flag(request.args, "recursive"):
-        url_path += "?recursive=1"
+    query = ("&recursive=1" if flag(request.args, "recursive") else "") + parse_selection(request.args).query()
+    url_path = "/list/" + quote_path(clean_relpath(path)) + (f"?{query[1:]}" if query else "")
     return forward(s.peers, node, "GET", url_path, request.headers, s.local.chunk_size)
 
 
@@ -168,7 +170,7 @@ def api_nodes(s: Services, request: Request) -> Reply:
 def cluster_files(s: Services, request: Request, path: str) -> Reply:
     """GET/HEAD /cluster/files/{path}: one ZIP of `path` from every selected node."""
     archive = ClusterArchive(s.local, s.peers, path, nodes(request.args), deflate=compress(request.args),
-                             strict=flag(request.args, "strict"))
+                             strict=flag(request.args, "strict"), selection=parse_selection(request.args))
     headers = archive.headers()
     if request.method == "HEAD":
         archive.close()
@@ -179,7 +181,7 @@ def cluster_files(s: Services, request: Request, path: str) -> Reply:
 @route("/cluster/list/", "/cluster/list/<path:path>", defaults={"path": ""})
 def cluster_list(s: Services, request: Request, path: str) -> Reply:
     """GET /cluster/list/{path}: the folder's listings of every selected node, merged by name."""
-    return json_reply(cluster_listing(s.local, s.peers, path, nodes(request.args)))
+    return json_reply(cluster_listing(s.local, s.peers, path, nodes(request.args), parse_selection(request.args)))
 
 
 # -- shared by the handlers above ---------------------------------------------------------------------
