@@ -224,7 +224,10 @@ def run_check(args) -> int:
             print(f"  {name:<12} {peer.url:<32} ok ({(time.monotonic() - started) * 1000:.0f} ms)")
         except ApiError as exc:
             problems += 1
-            print(f"  {name:<12} {peer.url:<32} PROBLEM: {exc.message}")
+            message = exc.message
+            if exc.code == "peer_unauthorized" and not config.token:
+                message = f"Node {name} needs a token; this config sets none ([cluster] token)."
+            print(f"  {name:<12} {peer.url:<32} PROBLEM: {message}")
     return 1 if problems else 0
 
 
