@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import re
@@ -163,10 +164,17 @@ def resolve_config(args) -> tuple[Config, str, str]:
     return config, next(iter(config.nodes)), listen
 
 
+def resolve_check_config(args) -> tuple[Config, str]:
+    """The Config and node name --check is about (where it would listen does not matter)."""
+    if args.config:
+        config = load_config(args.config)
+        return config, check_node(config, args.node).name
+    config = command_line_config(args, args.listen or f"127.0.0.1:{DEFAULT_PORT}")
+    return config, next(iter(config.nodes))
+
+
 def listen_problem(exc: OSError, listen: str) -> str:
     """One line for an address waitress could not listen on."""
-    if isinstance(exc, socket.gaierror):
-        return f"cannot listen on {listen}: unknown host ({exc.strerror})"
     reason = {errno.EADDRINUSE: "address already in use",
               errno.EADDRNOTAVAIL: "no such address on this machine"}.get(exc.errno, (exc.strerror or str(exc)).lower())
     port = listen.rsplit(":", 1)[-1]
@@ -206,7 +214,7 @@ def run_node(args) -> int:
 
 def run_check(args) -> int:
     """Check the config and every peer; one line per node; 0 when all is well, 1 otherwise."""
-    config, node, _ = resolve_config(args)
+    config, node = resolve_check_config(args)
     client = PeerClient(config, node)
     problems = 0
     print(f"config {config.source}: {len(config.nodes)} nodes, token {'set' if config.token else 'not set'}, "
@@ -271,7 +279,8 @@ def write_demo_config(base: Path) -> Path:
     for name in DEMO_NODES:
         root = base / name
         _write_demo_files(root, name)
-        lines += [f"[nodes.{name}]", f'url = "http://127.0.0.1:{_free_port("127.0.0.1")}"', f'root = "{root}"', ""]
+        lines += [f"[nodes.{name}]", f'url = "http://127.0.0.1:{_free_port("127.0.0.1")}"',
+                  f"root = {json.dumps(str(root))}", ""]  # a JSON string is a TOML basic string
     path = base / "cluster.toml"
     path.write_text("\n".join(lines))
     return path
@@ -401,6 +410,8 @@ def main(argv=None) -> int:
     except (ConfigError, StartError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a node or the demo took over SIGINT
+        return 130
 
 
 if __name__ == "__main__":
