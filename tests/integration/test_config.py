@@ -1,4 +1,4 @@
-"""Config loading and `serve.py` refusing bad configs with one clear line and exit status 2."""
+"""Config loading and `wsgi-stream` (serve.py) refusing bad configs with one clear line and exit status 2."""
 
 import subprocess
 import sys
@@ -82,11 +82,14 @@ def test_serve_refuses_bad_config_with_one_line_and_status_2(tmp_path, case, exp
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
+    assert lines[0].startswith("wsgi-stream: error: ")
 
 
 def test_serve_usage_errors(tmp_path):
     result = run_serve("--config", str(node_config(tmp_path, tmp_path)))
-    assert result.returncode == 2 and "--node is required" in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("usage: wsgi-stream ")  # the whole usage
+    assert "wsgi-stream --config FILE --node NAME" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "wsgi-stream: error: --node is required with --config"
     result = run_serve("--root", str(tmp_path / "nowhere"), "--listen", "127.0.0.1:1")
     assert result.returncode == 2 and "is not a directory" in result.stderr
 

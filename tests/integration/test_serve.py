@@ -1,12 +1,16 @@
-"""serve.py as sysadmins meet it: graceful SIGTERM, a second signal, --check, --demo."""
+"""serve.py as sysadmins meet it: graceful SIGTERM, a second signal, --check, and the demo's lifecycle."""
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -143,7 +147,16 @@ def test_check_finds_a_wrong_token_and_a_swapped_url(tmp_path):
                                                         "b": (cluster.url("b"), cluster["b"].root)}, token="wrong")
         result = subprocess.run([sys.executable, str(REPO / "serve.py"), "--check", "--config", str(wrong),
                                  "--node", "a"], capture_output=True, text=True, timeout=30)
-        assert result.returncode == 1 and "PROBLEM" in result.stdout.splitlines()[2]
+        assert result.returncode == 1
+        assert result.stdout.splitlines()[2].endswith("PROBLEM: Node b refused this node's token; the cluster "
+                                                      "token must be the same on every node.")
+        missing = write_config(tmp_path / "missing.toml", {"a": (cluster.url("a"), cluster["a"].root),
+                                                            "b": (cluster.url("b"), cluster["b"].root)})
+        result = subprocess.run([sys.executable, str(REPO / "serve.py"), "--check", "--config", str(missing),
+                                 "--node", "a"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 1 and "token not set" in result.stdout.splitlines()[0]
+        assert result.stdout.splitlines()[2].endswith("PROBLEM: Node b needs a token; this config sets none "
+                                                      "([cluster] token).")
         swapped = write_config(tmp_path / "swapped.toml", {"a": (cluster.url("a"), cluster["a"].root),
                                                             "b": (cluster.url("a"), cluster["b"].root)}, token="right")
         result = subprocess.run([sys.executable, str(REPO / "serve.py"), "--check", "--config", str(swapped),
@@ -153,39 +166,128 @@ def test_check_finds_a_wrong_token_and_a_swapped_url(tmp_path):
         cluster.stop()
 
 
-def test_demo_starts_three_nodes_and_stops_them_on_ctrl_c(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--demo", "--demo-dir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+class Demo:
+    """`serve.py --demo` in a session of its own, as a terminal runs it: its output, nodes and PIDs."""
+
+    def __init__(self, tmp_path):
+        self.out_path = tmp_path / "demo.out"
+        with open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--demo", "--demo-dir",
+                                          str(tmp_path / "demo"), "--threads", "4"],
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while "Ctrl-C stops" not in self.output() and time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            time.sleep(0.1)
+        self.nodes = {m[1]: (m[2], int(m[3])) for m in
+                      re.finditer(r"node (\w+): open (http://\S+/)\s+\(pid (\d+)\)", self.output())}
+        assert sorted(self.nodes) == ["a", "b", "c"], self.output()
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def url(self, name: str) -> str:
+        return self.nodes[name][0]
+
+    def running(self) -> list[int]:
+        """PIDs of the demo's nodes still running (a zombie left to an init that does not reap is gone)."""
+        return [pid for _, pid in self.nodes.values() if alive(pid)]
+
+    def wait_nodes_gone(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.running() == [], self.output()
+
+    def ctrl_c(self) -> None:
+        """What a terminal does: SIGINT to its foreground process group."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def stop(self) -> None:
+        for pid in [self.proc.pid, *self.running()]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(5)
+
+
+def alive(pid: int) -> bool:
     try:
-        urls = []
-        deadline = time.monotonic() + 20
-        while len(urls) < 3 and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if "open http" in line:
-                urls.append(line.split("open ")[1].strip())
-        assert len(urls) == 3
-        import urllib.request
-        for url in urls:
-            for _ in range(50):
-                try:
-                    with urllib.request.urlopen(url + "healthz", timeout=2) as r:
-                        assert r.status == 200
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            else:
-                pytest.fail(f"{url} never answered")
-        with urllib.request.urlopen(urls[0] + "files/hello.txt") as r:
-            assert r.read() == b"Hello from node a!\n"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
-        for url in urls:
-            with pytest.raises(OSError):
-                urllib.request.urlopen(url + "healthz", timeout=2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def demo(tmp_path):
+    running = Demo(tmp_path)
+    yield running
+    running.stop()
+
+
+def demo_download(demo, name="a"):
+    """A download of bundle.tar.gz (8 MiB) from node `name` that reads nothing yet: it holds the node busy."""
+    parts = urlsplit(demo.url(name))
+    s = Client()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((parts.hostname, parts.port))
+    s.sendall(b"GET /files/bundle.tar.gz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.first = s.recv(1024)
+    return s
+
+
+def test_demo_serves_three_nodes_and_its_upload_example_works(demo):
+    for name in ("a", "b", "c"):
+        with urllib.request.urlopen(demo.url(name) + "files/hello.txt", timeout=5) as r:
+            assert r.read() == f"Hello from node {name}!\n".encode()
+    upload = next(line for line in demo.output().splitlines() if "curl -T" in line)
+    command = upload.split("try:")[-1].split("#")[0].strip()
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0 and '"node": "c"' in result.stdout, result.stdout + result.stderr
+    assert (Path(demo.output().split("files under ")[1].split(",")[0]) / "c" / "up" / "hi.txt").read_text() == "hi\n"
+
+
+def test_demo_ctrl_c_drains_once_and_exits_0(demo):
+    download = demo_download(demo)
+    demo.ctrl_c()
+    time.sleep(0.5)
+    assert demo.proc.poll() is None  # node a is still sending
+    data = read_all(download)
+    assert len(data.partition(b"\r\n\r\n")[2]) == 8 << 20  # the running download finished whole
+    assert demo.proc.wait(20) == 0
+    demo.wait_nodes_gone(5)
+    out = demo.output()
+    assert out.count("SIGTERM: refusing new requests") == 3  # each node stopped once, by the demo
+    assert "SIGINT: refusing" not in out and "second" not in out and "demo stopped\n" in out
+
+
+def test_demo_second_ctrl_c_exits_at_once(demo):
+    download = demo_download(demo)
+    demo.ctrl_c()
+    time.sleep(0.5)
+    started = time.monotonic()
+    demo.ctrl_c()
+    assert demo.proc.wait(5) != 0 and time.monotonic() - started < 3
+    demo.wait_nodes_gone(3)
+    assert "demo stopped at once" in demo.output()
+    download.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_to_the_demo_stops_its_nodes(demo, signum):
+    os.kill(demo.proc.pid, signum)  # the demo alone, as systemd, timeout or a closed terminal send it
+    assert demo.proc.wait(20) == 0
+    demo.wait_nodes_gone(5)
+    assert demo.output().count("SIGTERM: refusing new requests") == 3
+
+
+def test_nodes_of_a_killed_demo_exit_by_themselves(demo):
+    os.kill(demo.proc.pid, signal.SIGKILL)
+    demo.proc.wait(5)
+    demo.wait_nodes_gone(5)
+    assert demo.output().count("the demo (pid") == 3
 
 
 def test_client_that_stops_reading_is_cut_and_frees_its_thread(tmp_path):
