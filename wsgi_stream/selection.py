@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime
 from fnmatch import fnmatchcase
 from urllib.parse import urlencode
 
@@ -35,6 +35,9 @@ class Selection:
     since: float | None = None
     until: float | None = None
     max_size: int | None = None
+    # The values as the client wrote them (`since=1h`): what `_cluster.json` records, so that the
+    # same files picked a minute later make the same archive, byte for byte.
+    given: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def active(self) -> bool:
@@ -61,23 +64,18 @@ class Selection:
         return "&" + urlencode(pairs) if pairs else ""
 
     def describe(self) -> dict | None:
-        """The selection as recorded in `_cluster.json` (times in RFC 3339, UTC); None when inactive."""
+        """The selection as recorded in `_cluster.json`: the values the client gave; None when inactive."""
         if not self.active:
             return None
-        return {"glob": list(self.globs), "since": _rfc3339(self.since), "until": _rfc3339(self.until),
-                "max_size": self.max_size}
+        given = dict(self.given)
+        return {"glob": list(self.globs), "since": given.get("since"), "until": given.get("until"),
+                "max_size": given.get("max_size")}
 
 
 def _matches(pattern: str, below: str) -> bool:
     if "/" in pattern:
         return fnmatchcase(below, pattern.strip("/"))
     return fnmatchcase(below.rsplit("/", 1)[-1], pattern)
-
-
-def _rfc3339(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str, now: float, name: str) -> float:
@@ -120,7 +118,8 @@ def parse_selection(args, now: float | None = None) -> Selection:
     if since is not None and until is not None and since > until:
         raise BadRequest("?since= is after ?until=: that selects nothing.", code="bad_selection")
     max_size = parse_size(args["max_size"]) if args.get("max_size") else None
-    return Selection(globs, since, until, max_size)
+    given = tuple((key, args[key]) for key in ("since", "until", "max_size") if args.get(key))
+    return Selection(globs, since, until, max_size, given)
 
 
 def below(path: str, folder: str) -> str:
