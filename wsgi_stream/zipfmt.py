@@ -87,8 +87,9 @@ import stat
 import struct
 import time
 import zlib
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 try:
     # ISA-L's CRC-32 runs at ~60 GB/s where zlib's runs at ~6.6 (measured here), and its level-1
@@ -154,7 +155,8 @@ def check_name(name: str) -> str:
         raise ValueError("backslash or NUL in name")
     if name.startswith("/"):
         raise ValueError("absolute name")
-    if any(part in ("", ".", "..") for part in name.split("/")):
+    wrapped = f"/{name}/"
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         raise ValueError("empty, '.' or '..' path segment")
     try:
         encoded = name.encode("utf-8")
@@ -183,7 +185,7 @@ def _compressor():
 
 # -- the plan ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One planned member: its name, size (None: unknown, generated), mtime and CRC-32 if known."""
 
@@ -254,32 +256,39 @@ def central_length(name_length: int, csize: int, usize: int, offset: int) -> int
     return _CENTRAL.size + name_length + (4 + 8 * fields if fields else 0)
 
 
-def _record(member: Member, deflate: bool) -> _Record:
-    """The form of one member, from its planned size and the archive's options (see the docstring)."""
-    size = member.size
+def _form(size: int | None, deflate: bool) -> tuple[str, bool]:
+    """A member's form and whether its local header has the ZIP64 extra, from its planned size (see the docstring)."""
     if size == 0:
-        kind, zip64 = EMPTY, False
-    elif size is None:
-        kind, zip64 = (DEFLATED if deflate else BLOCKS), False
-    elif deflate and not (size <= ZIP64_LIMIT < _deflate_bound(size)):
-        kind, zip64 = DEFLATED, size > ZIP64_LIMIT
-    elif size <= SMALL and not deflate:
-        kind, zip64 = STORED, False
+        return EMPTY, False
+    if size is None:
+        return (DEFLATED if deflate else BLOCKS), False
+    if deflate and not (size <= ZIP64_LIMIT < _deflate_bound(size)):
+        return DEFLATED, size > ZIP64_LIMIT
+    if size <= SMALL and not deflate:
+        return STORED, False
+    return BLOCKS, blocks_length(size) > ZIP64_LIMIT
+
+
+def _lengths(kind: str, zip64: bool, size: int | None, name_length: int) -> tuple[int, int | None, int | None]:
+    """The lengths of a member's local header, data and descriptor (None: known once written)."""
+    if size is None or kind == DEFLATED:
+        data = None
     else:
-        kind, zip64 = BLOCKS, blocks_length(size) > ZIP64_LIMIT
+        data = blocks_length(size) if kind == BLOCKS else size
+    if kind in (EMPTY, STORED):
+        descriptor = 0
+    else:
+        descriptor = 24 if zip64 else (16 if data is not None else None)
+    return _LOCAL.size + name_length + (20 if zip64 else 0), data, descriptor
+
+
+def _record(member: Member, deflate: bool) -> _Record:
+    """Everything needed to write one member."""
+    kind, zip64 = _form(member.size, deflate)
     year, month, day, hour, minute, second = dos_date_time(member.mtime)
     name = member.name.encode("utf-8")
-    if size is None or kind == DEFLATED:
-        data_length = None
-    else:
-        data_length = blocks_length(size) if kind == BLOCKS else size
-    if kind in (EMPTY, STORED):
-        descriptor_length = 0
-    else:
-        descriptor_length = 24 if zip64 else (16 if data_length is not None else None)
-    return _Record(name, kind, size, zip64, hour << 11 | minute << 5 | second // 2,
-                   (year - 1980) << 9 | month << 5 | day, _LOCAL.size + len(name) + (20 if zip64 else 0),
-                   data_length, descriptor_length)
+    return _Record(name, kind, member.size, zip64, hour << 11 | minute << 5 | second // 2,
+                   (year - 1980) << 9 | month << 5 | day, *_lengths(kind, zip64, member.size, len(name)))
 
 
 def _end_records(count: int, cd_offset: int, cd_size: int) -> bytes:
@@ -396,6 +405,28 @@ class _Framer:
 
 # -- the archive ---------------------------------------------------------------------------------
 
+class _Offsets(Sequence):
+    """Local header offsets, 8 bytes each; None where not known before writing."""
+
+    def __init__(self):
+        self._values = array("q")
+
+    def append(self, offset: int | None) -> None:
+        self._values.append(-1 if offset is None else offset)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [None if v < 0 else v for v in self._values[index]]
+        value = self._values[index]
+        return None if value < 0 else value
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
 ReadMember = Callable[[int, int], Iterable[bytes]]
 CrcOf = Callable[[int], int]
 
@@ -411,6 +442,12 @@ class ZipLayout:
     def __init__(self, members: Iterable[Member], deflate: bool = False):
         self.members = list(members)
         self.deflate = deflate
+        self.crcs: dict[int, int] = {i: m.crc for i, m in enumerate(self.members) if m.crc is not None and m.size}
+        self.written_sizes: dict[int, int] = {}  # members of unknown size, once written
+        # Records are derived again when needed rather than kept: a plan of 100,000 members stays small.
+        self.member_offsets = _Offsets()
+        offset: int | None = 0
+        cd_size = 0
         names = set()
         for m in self.members:
             check_name(m.name)
@@ -419,36 +456,37 @@ class ZipLayout:
             names.add(m.name)
             if m.size is not None and (not isinstance(m.size, int) or m.size < 0):
                 raise ValueError(f"{m.name}: bad size {m.size!r}")
-        self._records = [_record(m, deflate) for m in self.members]
-        self.crcs: dict[int, int] = {i: (0 if m.size == 0 else m.crc) for i, m in enumerate(self.members)
-                                     if m.size == 0 or m.crc is not None}
-        self.written_sizes: dict[int, int] = {}  # members of unknown size, once written
-        self.member_offsets: list[int | None] = []
-        offset: int | None = 0
-        for rec in self._records:
             self.member_offsets.append(offset)
             if offset is not None:
-                parts = (rec.header_length, rec.data_length, rec.descriptor_length)
-                offset = None if None in parts else offset + sum(parts)
+                name_length = len(m.name.encode("utf-8"))
+                header, data, descriptor = _lengths(*_form(m.size, deflate), m.size, name_length)
+                if data is None or descriptor is None:
+                    offset = None
+                else:
+                    cd_size += central_length(name_length, data, m.size, offset)
+                    offset += header + data + descriptor
         self.central_offset = offset
-        self.length = None
-        if offset is not None:
-            cd_size = sum(central_length(len(r.name), r.data_length, r.size, o)
-                          for r, o in zip(self._records, self.member_offsets))
-            self.length = offset + cd_size + _end_length(len(self._records), offset, cd_size)
+        self.length = None if offset is None else offset + cd_size + _end_length(len(self.members), offset, cd_size)
+
+    def _record(self, index: int) -> _Record:
+        return _record(self.members[index], self.deflate)
+
+    def _known_crc(self, index: int) -> int | None:
+        return 0 if self.members[index].size == 0 else self.crcs.get(index)
 
     def __len__(self) -> int:
         return len(self.members)
 
     def kind(self, index: int) -> str:
         """How member `index` is written: "empty", "stored", "blocks" or "deflated"."""
-        return self._records[index].kind
+        return self._record(index).kind
 
     def crc(self, index: int, crc_of: CrcOf) -> int:
         """The CRC-32 of member `index`: known already, or asked of `crc_of` (and remembered)."""
-        if index not in self.crcs:
-            self.crcs[index] = crc_of(index)
-        return self.crcs[index]
+        known = self._known_crc(index)
+        if known is None:
+            known = self.crcs[index] = crc_of(index)
+        return known
 
     def body(self, read_member: ReadMember, crc_of: CrcOf, start: int = 0,
              on_crc: Callable[[int, int], None] | None = None) -> Iterator[bytes]:
@@ -475,7 +513,7 @@ class _Body:
         self.crc_of = crc_of
         self.on_crc = on_crc
         self.csizes: dict[int, int] = {}
-        self.offsets: dict[int, int] = {}
+        self.offsets: dict[int, int] = {}  # members written after one of unpredictable length
 
     def learn(self, index: int, crc: int) -> None:
         self.layout.crcs[index] = crc
@@ -489,15 +527,16 @@ class _Body:
     def pieces(self, start: int) -> Iterator[bytes]:
         layout = self.layout
         pos = 0
-        for i, rec in enumerate(layout._records):
+        for i in range(len(layout)):
             planned = layout.member_offsets[i]
             if planned is not None:
                 pos = planned
                 following = layout.member_offsets[i + 1] if i + 1 < len(layout) else layout.central_offset
                 if following is not None and following <= start:
                     continue
-            self.offsets[i] = pos
-            for piece in self.member(i, rec, max(0, start - pos)):
+            else:
+                self.offsets[i] = pos
+            for piece in self.member(i, layout._record(i), max(0, start - pos)):
                 pos += len(piece)
                 yield piece
         if layout.central_offset is not None:
@@ -618,7 +657,8 @@ class _Body:
         layout = self.layout
         skip = max(0, start - cd_offset)
         at = 0
-        for i, rec in enumerate(layout._records):
+        for i in range(len(layout)):
+            rec = layout._record(i)
             usize = rec.size if rec.size is not None else layout.written_sizes[i]
             csize = rec.data_length if rec.data_length is not None else self.csizes[i]
             offset = layout.member_offsets[i]
@@ -682,7 +722,7 @@ class StreamingZip:
 
     def crc32(self, name: str) -> int | None:
         """The CRC-32 of member `name` as written, once it has been written."""
-        return self.layout().crcs.get(self._index[name]) if name in self._index else None
+        return self.layout()._known_crc(self._index[name]) if name in self._index else None
 
     def written_size(self, name: str) -> int | None:
         """The uncompressed size of member `name` as written, once it has been written."""
