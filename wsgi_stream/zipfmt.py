@@ -73,12 +73,21 @@ smaller member breaks Java (the well-known "invalid entry size (expected 0 ...)"
 
 The rest. Every name carries the UTF-8 flag (bit 11); `check_name` refuses names that could leave
 the extraction directory. Files are regular, mode 0644, "made by" Unix. Times are local DOS times,
-clamped to 1980..2107 (`dos_date_time`). A member that yields more or fewer bytes than planned
-raises SizeMismatch before a wrong archive can be completed.
+clamped to 1980..2107 (`dos_date_time`): the gateway's time zone is thus an input of the layout
+too. A member that yields more or fewer bytes than planned raises SizeMismatch, one whose bytes
+contradict a given CRC raises CrcMismatch (both MemberChanged), before a wrong archive can be
+completed; even a 0-byte member is asked for its bytes, to notice one that grew.
 
-API: `Member`s go into a `ZipLayout`, which knows `length`, `member_offsets` and
-`central_offset` at once and produces `body(read_member, crc_of, start)`; `StreamingZip` is the
-older add-then-iterate interface, kept as a thin shim over it.
+SMALL (1 MiB) bounds the memory one member may take while its CRC is computed, and covers most
+files of a log bundle, so most members are plain stored entries that any reader takes; a larger
+file costs 5 bytes per 64 KiB for the blocks.
+
+API. `ZipLayout(members, deflate)` knows `length`, `member_offsets` and `central_offset` at once;
+`body(read_member, crc_of, start, on_crc)` yields bytes [start, length). The caller supplies
+`read_member(index, offset)` (a member's bytes from an offset) and `crc_of(index)` (a CRC the
+layout needs and cannot compute on the way; it may read the member); `crcs` and `on_crc` give
+back every CRC learned, for the caller's caches. `StreamingZip` is the older add-then-iterate
+interface, kept as a thin shim over it until cluster.py calls ZipLayout itself.
 """
 
 from __future__ import annotations
