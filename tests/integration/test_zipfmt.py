@@ -1,4 +1,4 @@
-"""StreamingZip: exact lengths, ZIP64, names, times and sizes, checked against real archive readers.
+"""StreamingZip (the add-then-iterate interface over ZipLayout), checked against real archive readers.
 
 Also home of the archive checkers test_cluster.py uses (`save_sparse`, `check_archive`).
 """
@@ -8,14 +8,13 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
-import time
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
 
-from wsgi_stream.zipfmt import ENTRY_LIMIT, SizeMismatch, StreamingZip, _Info, check_name, dos_date_time
+from wsgi_stream.zipfmt import SizeMismatch, StreamingZip
 
 _ZEROS = bytes(16 << 20)
 
@@ -39,8 +38,10 @@ def save_sparse(chunks, path: Path) -> int:
 def check_local_records(path: Path) -> list[zipfile.ZipInfo]:
     """Walk the archive front to back as a streaming reader would, holding it to its central directory.
 
-    Each local header is followed by the data and a descriptor whose width follows the header's ZIP64
-    extra; records are back to back, with no gap before the central directory.
+    zipfmt's rules: every name is flagged UTF-8; a stored member has its CRC and sizes in the local
+    header and no data descriptor; a member with a descriptor is deflated (a streaming reader can find
+    its end), and its descriptor is 24 bytes exactly when its header has the ZIP64 extra, which it has
+    exactly when a size passes 0xFFFFFFFF. Records are back to back, with no gap before the directory.
     """
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
@@ -53,21 +54,28 @@ def check_local_records(path: Path) -> list[zipfile.ZipInfo]:
             head = f.read(30)
             sig, _, flags, method, _, _, crc, csize, usize, nlen, xlen = struct.unpack("<4sHHHHHLLLHH", head)
             assert sig == b"PK\x03\x04"
-            assert flags & 0x808 == 0x808, "data descriptor and UTF-8 flags"
+            assert flags & 0x800, "UTF-8 flag"
             name = f.read(nlen).decode("utf-8")
             assert name == info.filename
             extra = f.read(xlen)
-            zip64 = False
+            zip64 = None
             while extra:
                 tag, size = struct.unpack("<HH", extra[:4])
                 if tag == 1:
-                    zip64 = True
+                    zip64 = struct.unpack("<QQ", extra[4:20])
                     assert (csize, usize) == (0xFFFFFFFF, 0xFFFFFFFF), "ZIP64 header sizes must be 0xFFFFFFFF"
                 extra = extra[4 + size:]
+            big = max(info.compress_size, info.file_size) > 0xFFFFFFFF
+            assert (zip64 is not None) == big, f"{name}: ZIP64 extra exactly when a size passes 4 GiB"
             f.seek(info.compress_size, io.SEEK_CUR)
-            fmt = "<4sLQQ" if zip64 else "<4sLLL"
-            desc = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
-            assert desc == (b"PK\x07\x08", info.CRC, info.compress_size, info.file_size), name
+            if flags & 0x08:
+                assert method == zipfile.ZIP_DEFLATED, f"{name}: a stored member must not have a data descriptor"
+                fmt = "<4sLQQ" if big else "<4sLLL"
+                desc = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+                assert desc == (b"PK\x07\x08", info.CRC, info.compress_size, info.file_size), name
+            else:
+                assert method == zipfile.ZIP_STORED and zip64 is None, name
+                assert (crc, csize, usize) == (info.CRC, info.compress_size, info.file_size), name
             pos = f.tell()
         assert pos == start_dir
     return infos
@@ -98,7 +106,8 @@ def build(members, deflate=False) -> tuple[StreamingZip, bytes]:
     return z, b"".join(z)
 
 
-# -- tests ---------------------------------------------------------------------------------------
+# -- tests: StreamingZip (the interface cluster.py uses) against check_archive --------------------
+# The layout's own rules are tests/unit/test_zipfmt_layout.py; every reader is test_zip_readers.py.
 
 SHAPES = {
     "nothing": [],
@@ -106,7 +115,7 @@ SHAPES = {
     "several": [("a/x.txt", b"hello\n", 6), ("a/sub/y.bin", bytes(range(256)) * 300, 76800),
                 ("b/x.txt", b"", 0)],
     "utf-8 names": [("a/rapport d'été.txt", "ünïcødé\n".encode(), 12), ("c/日本語/ファイル", b"x" * 10, 10)],
-    "long name": [("n/" + "/".join(["x" * 250] * 12), b"abc", 3)],
+    "stored blocks": [("a/big", bytes(range(256)) * 5000, 1_280_000), ("a/after", b"after", 5)],
 }
 
 
@@ -121,53 +130,6 @@ def test_length_is_exact_and_readers_agree(shape, tmp_path):
         for name, content, _ in SHAPES[shape]:
             assert zf.read(name) == content
             assert z.crc32(name) == zlib.crc32(content)
-
-
-def test_every_name_is_flagged_utf8_and_files_are_0644():
-    _, data = build([("plain.txt", b"x", 1), ("été.txt", b"y", 1)])
-    for info in zipfile.ZipFile(io.BytesIO(data)).infolist():
-        assert info.flag_bits & 0x800
-        assert info.external_attr >> 16 == 0o100644
-
-
-def test_times_are_local_dos_times_clamped_to_what_zip_holds():
-    assert dos_date_time(0) == (1980, 1, 1, 0, 0, 0)
-    assert dos_date_time(-5e9) == (1980, 1, 1, 0, 0, 0)
-    assert dos_date_time(1e13) == (2107, 12, 31, 23, 59, 58)
-    assert dos_date_time(1_700_000_000.7) == time.localtime(1_700_000_000)[:6]
-    z = StreamingZip()
-    z.add("old", [b"x"], 1, mtime=0)
-    z.add("future", [b"y"], 1, mtime=2e10)
-    z.add("now", [b"z"], 1, mtime=1_700_000_000)
-    infos = zipfile.ZipFile(io.BytesIO(b"".join(z))).infolist()
-    assert infos[0].date_time == (1980, 1, 1, 0, 0, 0)
-    assert infos[1].date_time == (2107, 12, 31, 23, 59, 58)
-    expected = time.localtime(1_700_000_000)[:6]
-    assert infos[2].date_time == expected[:5] + (expected[5] // 2 * 2,)
-
-
-@pytest.mark.parametrize("name", ["", "/etc/passwd", "../up", "a/../../up", "a/./b", "a//b", "a\\b",
-                                  "a/", "nul\x00", "\udcff", ".", "x/.."])
-def test_names_that_could_leave_the_top_are_refused(name):
-    with pytest.raises(ValueError):
-        check_name(name)
-    with pytest.raises(ValueError):
-        StreamingZip().add(name, [b""], 0)
-
-
-def test_duplicate_names_are_refused():
-    z = StreamingZip()
-    z.add("a/x", [b""], 0)
-    with pytest.raises(ValueError):
-        z.add("a/x", [b""], 0)
-
-
-@pytest.mark.parametrize("chunks", [[b"abc", b"d"], [b"ab"]])
-def test_a_member_whose_bytes_differ_from_its_size_raises(chunks):
-    z = StreamingZip()
-    z.add("x", chunks, 3)
-    with pytest.raises(SizeMismatch):
-        b"".join(z)
 
 
 def test_unknown_size_gives_no_length_but_a_good_archive(tmp_path):
@@ -193,70 +155,9 @@ def test_deflate_has_no_length_and_round_trips(tmp_path):
         assert zf.read("a/log") == content
 
 
-def test_zip64_header_and_descriptor_agree_between_2_and_4_gib():
-    # zipstream alone: sizes 0 and version 2.0 in a ZIP64 header, and a 12-byte-size descriptor.
-    info = _Info("x", (2020, 1, 1, 0, 0, 0))
-    info.flag_bits = 0x08
-    info.file_size = info.compress_size = 2_100_000_000
-    info.CRC = small_crc = 0
-    header = info.FileHeader(True)
-    version, = struct.unpack("<H", header[4:6])
-    csize, usize = struct.unpack("<LL", header[18:26])
-    assert version >= 45 and (csize, usize) == (0xFFFFFFFF, 0xFFFFFFFF)
-    assert len(info.DataDescriptor()) == 24
-    small = _Info("y", (2020, 1, 1, 0, 0, 0))
-    small.flag_bits = 0x08
-    small.CRC = small.file_size = small.compress_size = small_crc
-    small.FileHeader(False)
-    assert len(small.DataDescriptor()) == 16
-
-
-def test_more_than_65535_entries(tmp_path):
-    count = ENTRY_LIMIT + 4465
+@pytest.mark.parametrize("chunks", [[b"abc", b"d"], [b"ab"]])
+def test_a_member_whose_bytes_differ_from_its_size_raises(chunks):
     z = StreamingZip()
-    for i in range(count):
-        z.add(f"n/{i:06d}", [b"%d" % i] if i % 7 == 0 else [], len(b"%d" % i) if i % 7 == 0 else 0)
-    path = tmp_path / "many.zip"
-    assert save_sparse(z, path) == z.length
-    infos = check_archive(path)
-    assert len(infos) == count
-    with open(path, "rb") as f:
-        f.seek(-22, io.SEEK_END)
-        end = f.read(22)
-        f.seek(-22 - 20 - 56, io.SEEK_END)
-        assert f.read(4) == b"PK\x06\x06", "ZIP64 end of central directory record"
-    assert struct.unpack("<H", end[10:12])[0] == 0xFFFF
-
-
-def _zeros(size: int, head: bytes = b"", tail: bytes = b""):
-    """`size` bytes: `head`, zeros, `tail`, in 8 MiB chunks."""
-    yield head
-    left = size - len(head) - len(tail)
-    block = _ZEROS[:8 << 20]
-    while left:
-        n = min(left, len(block))
-        yield block if n == len(block) else block[:n]
-        left -= n
-    yield tail
-
-
-def test_member_and_archive_past_4_gib(tmp_path):
-    big = (4 << 30) + 12345
-    mid = 2_100_000_000  # ZIP64 local header, no ZIP64 extra needed in the central directory
-    head, tail = b"BEGIN-of-big", b"END-of-big"
-    z = StreamingZip()
-    z.add("a/first.txt", [b"first\n"], 6)
-    z.add("a/huge.bin", _zeros(big, head, tail), big)
-    z.add("a/mid.bin", _zeros(mid), mid)
-    z.add("a/after.txt", [b"after\n"], 6)
-    path = tmp_path / "big.zip"
-    assert save_sparse(z, path) == z.length
-    infos = check_archive(path, unzip=False)
-    assert [i.file_size for i in infos] == [6, big, mid, 6]
-    assert infos[3].header_offset > 1 << 32
-    crc = zlib.crc32(tail, zlib.crc32(bytes(big - len(head) - len(tail)), zlib.crc32(head)))
-    assert infos[1].CRC == crc
-    with zipfile.ZipFile(path) as zf:
-        assert zf.read("a/after.txt") == b"after\n"
-        with zf.open("a/huge.bin") as member:
-            assert member.read(len(head)) == head
+    z.add("x", chunks, 3)
+    with pytest.raises(SizeMismatch):
+        b"".join(z)
