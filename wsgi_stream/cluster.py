@@ -9,6 +9,7 @@ plan cuts the client's connection (StreamBroken) instead of sending a wrong arch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,16 +18,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from werkzeug.http import parse_date
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.http import http_date, parse_date, parse_range_header
 
 from . import listing, local
 from .config import LocalNode
-from .errors import ApiError, BadGateway, NotFound, StreamBroken
+from .crc import CrcCache, RunningCrc
+from .errors import ApiError, BadGateway, NotFound, RangeNotSatisfiable, StreamBroken
 from .paths import clean_relpath, resolve
-from .batch import PeerFiles, Wanted
+from .batch import PeerFiles, Wanted, single_file
 from .peers import PeerClient, TooSlow, quote_path
 from .selection import Selection, below, pick_entries
-from .zipfmt import StreamingZip, check_name
+from .replies import status_line, wsgi_error
+from .zipfmt import Member, ZipLayout, check_name
 
 log = logging.getLogger("wsgi_stream.cluster")
 
@@ -43,6 +47,7 @@ class FileItem:
     size: int
     mtime: float | None
     etag: str
+    crc: int | None = None  # CRC-32 when the node already knew it
 
     @property
     def member(self) -> str:
@@ -88,6 +93,13 @@ def _strong_etag(value) -> bool:
     return isinstance(value, str) and len(value) >= 2 and value.startswith('"') and value.endswith('"')
 
 
+def _crc(value) -> int | None:
+    try:
+        return int(value, 16) if isinstance(value, str) and len(value) == 8 else None
+    except ValueError:
+        return None
+
+
 def _collect(result: NodeResult, entries: Iterable, prefix: str, selection: Selection = EVERYTHING) -> NodeResult:
     """Keep the entries that are usable files with safe names and `selection` picks; report bad ones."""
     seen = set()
@@ -112,12 +124,13 @@ def _collect(result: NodeResult, entries: Iterable, prefix: str, selection: Sele
         ok_mtime = isinstance(mtime, (int, float)) and not isinstance(mtime, bool)
         if not selection.picks(below(path, prefix), size, float(mtime) if ok_mtime else None):
             continue
-        result.files.append(FileItem(result.node, path, size, float(mtime) if ok_mtime else None, etag))
+        result.files.append(FileItem(result.node, path, size, float(mtime) if ok_mtime else None, etag,
+                                     _crc(entry.get("crc32"))))
     result.files.sort(key=lambda item: item.path)
     return result
 
 
-def plan_local(here: LocalNode, rel: str, selection: Selection = EVERYTHING) -> NodeResult:
+def plan_local(here: LocalNode, rel: str, selection: Selection = EVERYTHING, crcs: CrcCache | None = None) -> NodeResult:
     """What this node has under `rel`, from its disk."""
     result = NodeResult(here.name, "ok")
     try:
@@ -126,7 +139,7 @@ def plan_local(here: LocalNode, rel: str, selection: Selection = EVERYTHING) -> 
     except (NotFound, FileNotFoundError, NotADirectoryError):
         return NodeResult(here.name, "missing", "No such file or directory.")
     if stat_mod.S_ISDIR(st.st_mode):
-        return _collect(result, listing.walk_files(here.root, rel), rel, selection)
+        return _collect(result, listing.walk_files(here.root, rel, crcs), rel, selection)
     if not stat_mod.S_ISREG(st.st_mode):
         return NodeResult(here.name, "missing", "No such file or directory.")
     entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime, "etag": local.file_etag(st)}
@@ -171,10 +184,11 @@ def plan_peer(peers: PeerClient, node: str, rel: str, selection: Selection = EVE
         return NodeResult(node, "error", exc.message)
 
 
-def _plan_node(here: LocalNode, peers: PeerClient, node: str, rel: str, selection: Selection) -> NodeResult:
+def _plan_node(here: LocalNode, peers: PeerClient, node: str, rel: str, selection: Selection,
+               crcs: CrcCache | None) -> NodeResult:
     try:
         if node == here.name:
-            return plan_local(here, rel, selection)
+            return plan_local(here, rel, selection, crcs)
         return plan_peer(peers, node, rel, selection)
     except Exception as exc:  # one node's surprise must not sink the others
         log.exception("planning %r on node %s", rel, node)
@@ -182,9 +196,9 @@ def _plan_node(here: LocalNode, peers: PeerClient, node: str, rel: str, selectio
 
 
 def plan_cluster(here: LocalNode, peers: PeerClient, rel: str, nodes: list[str],
-                 selection: Selection = EVERYTHING) -> list[NodeResult]:
+                 selection: Selection = EVERYTHING, crcs: CrcCache | None = None) -> list[NodeResult]:
     """Ask every node in `nodes` concurrently what it has under `rel`; a node past the budget is an error."""
-    answers = peers.each(lambda node: _plan_node(here, peers, node, rel, selection), nodes,
+    answers = peers.each(lambda node: _plan_node(here, peers, node, rel, selection, crcs), nodes,
                          peers.config.plan_timeout)
     return [NodeResult(node, "error", str(a)) if isinstance(a, TooSlow) else a for node, a in zip(nodes, answers)]
 
@@ -203,8 +217,8 @@ def _check_found(results: list, what: str) -> None:
 
 # -- the members' bytes --------------------------------------------------------------------------
 
-def local_chunks(here: LocalNode, item: FileItem) -> Iterator[bytes]:
-    """The bytes of this node's file `item`, provided it is still the file that was planned."""
+def local_chunks(here: LocalNode, item: FileItem, offset: int = 0) -> Iterator[bytes]:
+    """The bytes of this node's file `item` from `offset`, provided it is still the file that was planned."""
     try:
         f, st, _ = local.open_file(here.root, item.path)
     except NotFound:
@@ -213,7 +227,7 @@ def local_chunks(here: LocalNode, item: FileItem) -> Iterator[bytes]:
         if local.file_etag(st) != item.etag:
             raise StreamBroken(f"{item.member} changed after the plan")
         try:
-            yield from local.read_range(f, 0, item.size, here.chunk_size)
+            yield from local.read_range(f, offset, item.size, here.chunk_size)
         except OSError as exc:
             raise StreamBroken(f"{item.member}: {exc}") from exc
         if local.file_etag(os.fstat(f.fileno())) != item.etag:
@@ -225,29 +239,66 @@ def local_chunks(here: LocalNode, item: FileItem) -> Iterator[bytes]:
 # -- _cluster.json -------------------------------------------------------------------------------
 
 def _report_pieces(path: str | None, selection: Selection, results: list[NodeResult],
-                   generated: list[tuple[str, int | None]], crc_hex, size_of) -> Iterator[bytes]:
-    """The report, piece by piece; with CRCs as 8 hex digits its length does not depend on them."""
+                   generated: list[tuple[str, int | None]], crc_of, size_of) -> Iterator[bytes]:
+    """The report, piece by piece; `crc_of(i)`/`size_of(i, size)` by member index.
+
+    CRCs are written as 8 hex digits, so the report's length does not depend on them.
+    """
     def dump(value) -> str:
         return json.dumps(value, ensure_ascii=False)
 
+    index = 0
     yield f'{{"path": {dump(path)},\n "selection": {dump(selection.describe())},\n "nodes": {{'.encode()
     for i, r in enumerate(results):
         yield (f'{"," if i else ""}\n  {dump(r.node)}: {{"status": {dump(r.status)}, '
                f'"message": {dump(r.message)}, "files": [').encode()
         for j, item in enumerate(r.files):
             line = (f'{"," if j else ""}\n    {{"name": {dump(item.member)}, "size": {item.size}, '
-                    f'"crc32": "{crc_hex(item.member)}"}}')
+                    f'"crc32": "{crc_of(index):08x}"}}')
+            index += 1
             yield line.encode()
         yield f'], "errors": {dump(r.errors)}}}'.encode()
     yield b'},\n "generated": ['
     for j, (name, size) in enumerate(generated):
-        line = (f'{"," if j else ""}\n  {{"name": {dump(name)}, "size": {size_of(name, size)}, '
-                f'"crc32": "{crc_hex(name)}"}}')
+        line = (f'{"," if j else ""}\n  {{"name": {dump(name)}, "size": {size_of(index, size)}, '
+                f'"crc32": "{crc_of(index):08x}"}}')
+        index += 1
         yield line.encode()
     yield b"]}\n"
 
 
 # -- the archive ---------------------------------------------------------------------------------
+
+# Bumped whenever the bytes an unchanged plan gives would change (the archive's ETag covers it).
+LAYOUT_VERSION = "wsgi_stream-zip-2"
+
+
+def archive_range(headers, length: int | None, etag: str | None) -> tuple[int, int] | None:
+    """The single byte range [start, stop) to send of an archive, None for all of it; 416 if unsatisfiable.
+
+    Only a strong ETag in If-Range lets a range through: an archive's Last-Modified (its newest
+    member's time) would not change if an older file replaced one, so a date could splice two
+    different archives.
+    """
+    value = headers.get("Range")
+    if not value or length is None or etag is None:
+        return None
+    if_range = headers.get("If-Range")
+    if if_range is not None and if_range.strip() != etag:
+        return None
+    parsed = parse_range_header(value)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        return None  # RFC 9110 §14.2: a server may ignore a Range; several ranges of a ZIP make no sense
+    (start, stop), = parsed.ranges
+    if start < 0:
+        start, stop = max(length + start, 0), length
+    else:
+        stop = length if stop is None else min(stop, length)
+    if start >= stop:
+        raise RangeNotSatisfiable(f"The range is outside the archive's {length} bytes.",
+                                  headers=[("Content-Range", f"bytes */{length}")])
+    return start, stop
+
 
 class ClusterArchive:
     """A cluster ZIP: each selected node's files under `path`, added members, then `_cluster.json`.
@@ -255,16 +306,22 @@ class ClusterArchive:
     Planning happens in the constructor (ApiError: 404 nobody has it, 502 strict and a node failed),
     so an embedding application can still answer with an error before the first byte. `path=None`
     asks no node: the archive holds only the added members and the report.
+
+    Every byte of a stored archive is fixed by the plan (zipfmt.py), so it has a strong ETag and
+    any byte range of it can be made again later: `body(start, stop)`. CRC-32s the archive learns
+    go into `crcs`, keyed by (node, path, ETag), so a resumed download need not read again what
+    went out before.
     """
 
     def __init__(self, here: LocalNode, peers: PeerClient, path: str | None = "",
                  nodes: Iterable[str] | None = None, *, deflate: bool = False, strict: bool = False,
-                 selection: Selection = EVERYTHING):
-        self.here, self.peers, self.selection = here, peers, selection
+                 selection: Selection = EVERYTHING, crcs: CrcCache | None = None):
+        self.here, self.peers, self.selection, self.deflate = here, peers, selection, deflate
+        self.crcs = CrcCache() if crcs is None else crcs
         self.path = None if path is None else clean_relpath(path)
-        self.created = time.time()
         names = select_nodes(peers.names, nodes)
-        self.results = [] if self.path is None else plan_cluster(here, peers, self.path, names, selection)
+        self.results = [] if self.path is None else plan_cluster(here, peers, self.path, names, selection,
+                                                                 self.crcs)
         if self.path is not None:
             _check_found(self.results, repr(self.path) if self.path else "the root folder")
             if selection.active and not any(r.files for r in self.results):
@@ -272,100 +329,144 @@ class ClusterArchive:
         if strict and any(r.failed for r in self.results):
             detail = "; ".join(f"{r.node}: {r.message or 'entries left out'}" for r in self.results if r.failed)
             raise BadGateway(f"Not every node could deliver ({detail}).", code="nodes_failed")
-        self._zip = StreamingZip(deflate=deflate)
-        self._generated: list[tuple[str, int | None]] = []
+        self._items = [item for r in self.results for item in r.files]
+        # Where each item is in its node's list, and the node whose files come next.
+        self._place: list[tuple[int, str | None]] = []
+        with_files = [r.node for r in self.results if r.files]
+        for r in self.results:
+            following = with_files[with_files.index(r.node) + 1:] if r.files else []
+            self._place += [(k, following[0] if following else None) for k in range(len(r.files))]
         # One reader per peer: its files come through few batch requests, in archive order.
         self._readers = {r.node: PeerFiles(peers, r.node, [Wanted(f.path, f.etag, f.size) for f in r.files],
                                            here.chunk_size)
                          for r in self.results if r.node != here.name and r.files}
-        self._finished = False
-        with_files = [r.node for r in self.results if r.files]
-        for result in self.results:
-            after = with_files[with_files.index(result.node) + 1:] if result.files else []
-            for index, item in enumerate(result.files):
-                chunks = self._member_chunks(item, index, after[0] if index == 0 and after else None)
-                self._zip.add(item.member, chunks, item.size, item.mtime)
+        self._generated: list[tuple[str, Iterable[bytes], int | None, float | None]] = []
+        self._names = {item.member for item in self._items}
+        self._layout: ZipLayout | None = None
+        mtimes = [item.mtime for item in self._items if item.mtime is not None]
+        # The report's own time is the newest member's: fixed by the plan, like its content.
+        self.modified = max(mtimes) if mtimes else 0.0
 
-    def _member_chunks(self, item: FileItem, index: int, next_node: str | None) -> Iterator[bytes]:
-        if next_node in self._readers:
-            # The next node's first bytes start on their way while this node's stream.
-            self._start_early(next_node)
-        if item.node == self.here.name:
-            yield from local_chunks(self.here, item)
-        else:
-            yield from self._readers[item.node].read(index)
-
-    def _start_early(self, node: str) -> None:
-        try:
-            self._readers[node].start()
-        except Exception as exc:  # its own read will ask again and report
-            log.info("could not start reading node %s early: %s", node, exc)
+    # -- building ------------------------------------------------------------------------------------
 
     def add(self, name: str, chunks: Iterable[bytes], size: int | None = None, mtime: float | None = None) -> None:
         """Add a generated member `name` (e.g. "status/service.txt"); without `size`, no Content-Length."""
-        if self._finished:
+        if self._layout is not None:
             raise RuntimeError("the archive is already complete")
         if name == REPORT_NAME:
             raise ValueError(f"{REPORT_NAME} is written by the archive itself")
-        self._zip.add(name, chunks, size, mtime)
-        self._generated.append((name, size))
+        check_name(name)
+        if name in self._names:
+            raise ValueError(f"duplicate member name {name!r}")
+        if size is not None and size < 0:
+            raise ValueError("negative size")
+        self._names.add(name)
+        self._generated.append((name, chunks, size, mtime))
 
-    def _finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        pieces = _report_pieces(self.path, self.selection, self.results, self._generated, lambda name: "00000000",
-                                lambda name, size: size)
-        size = None if any(s is None for _, s in self._generated) else sum(map(len, pieces))
-        self._zip.add(REPORT_NAME, self._report(), size, self.created)
+    @property
+    def layout(self) -> ZipLayout:
+        """The archive's layout; fixed (no more `add`) once asked for."""
+        if self._layout is None:
+            members = [Member(item.member, item.size, item.mtime, self._known_crc(item)) for item in self._items]
+            members += [Member(name, size, mtime) for name, _, size, mtime in self._generated]
+            report_size = None if any(size is None for _, _, size, _ in self._generated) \
+                else sum(map(len, self._report_pieces(lambda i: 0, lambda i, size: size)))
+            members.append(Member(REPORT_NAME, report_size, self.modified))
+            self._layout = ZipLayout(members, self.deflate)
+        return self._layout
 
-    def _report(self) -> Iterator[bytes]:
-        def crc_hex(name):
-            return f"{self._zip.crc32(name):08x}"
-
-        def size_of(name, size):
-            return size if size is not None else self._zip.written_size(name)
-
-        yield from _report_pieces(self.path, self.selection, self.results, self._generated, crc_hex, size_of)
+    def _known_crc(self, item: FileItem) -> int | None:
+        crc = self.crcs.get((item.node, item.path, item.etag))
+        return crc if crc is not None else item.crc
 
     @property
     def length(self) -> int | None:
         """The archive's exact length, None when deflated or a member's size is unknown."""
-        self._finish()
-        return self._zip.length
+        return self.layout.length
 
-    def headers(self, filename: str | None = None) -> list[tuple[str, str]]:
-        """The response headers: type, attachment name (`<last segment>-cluster.zip`), length if known."""
+    @property
+    def etag(self) -> str | None:
+        """A strong ETag fixed by the plan; None when the bytes are not (deflated, or generated members)."""
+        if self.deflate or self._generated or self.length is None:
+            return None
+        plan = [LAYOUT_VERSION, time.tzname, time.timezone, time.altzone, self.path, self.selection.describe(),
+                [[r.node, r.status, r.message, r.errors, [[f.path, f.size, f.etag, f.mtime] for f in r.files]]
+                 for r in self.results]]
+        digest = hashlib.sha256(json.dumps(plan, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+        return f'"zip-{digest.hexdigest()[:40]}"'
+
+    # -- answering -----------------------------------------------------------------------------------
+
+    def headers(self, filename: str | None = None, byte_range: tuple[int, int] | None = None) -> list[tuple[str, str]]:
+        """The response headers (of the part `byte_range` when given): type, name, validators, length."""
         if filename is None:
             filename = f"{(self.path or 'root').rsplit('/', 1)[-1]}-cluster.zip"
+        etag, length = self.etag, self.length
         headers = [("Content-Type", "application/zip"),
                    ("Content-Disposition", local.content_disposition(filename)),
-                   ("Cache-Control", "no-store"), ("Accept-Ranges", "none")]
-        if self.length is not None:
-            headers.append(("Content-Length", str(self.length)))
+                   ("Cache-Control", "no-store"), ("Accept-Ranges", "bytes" if etag else "none")]
+        if etag:
+            headers += [("ETag", etag), ("Last-Modified", http_date(int(self.modified)))]
+        if byte_range is not None:
+            start, stop = byte_range
+            headers += [("Content-Range", f"bytes {start}-{stop - 1}/{length}"), ("Content-Length", str(stop - start))]
+        elif length is not None:
+            headers.append(("Content-Length", str(length)))
         return headers
 
-    def body(self) -> Iterator[bytes]:
-        """The archive's bytes; anything that would make them differ from the plan raises StreamBroken."""
-        self._finish()
-        return self._body(self.length)
+    def answer(self, method: str, request_headers) -> tuple[int, list[tuple[str, str]], Iterable[bytes]]:
+        """(status, headers, body) for a GET or HEAD with `request_headers` (Range, If-Range honoured)."""
+        try:
+            byte_range = archive_range(request_headers, self.length, self.etag)
+        except RangeNotSatisfiable:
+            self.close()
+            raise
+        status = 200 if byte_range is None else 206
+        headers = self.headers(byte_range=byte_range)
+        if method == "HEAD":
+            self.close()
+            return status, headers, []
+        start, stop = byte_range or (0, self.length)
+        return status, headers, self.body(start, stop)
 
-    def _body(self, length: int | None) -> Iterator[bytes]:
+    def __call__(self, environ, start_response):
+        """Answer a WSGI request with the archive (HEAD: the headers only; Range and If-Range honoured)."""
+        try:
+            status, headers, body = self.answer(environ.get("REQUEST_METHOD", "GET"), EnvironHeaders(environ))
+        except ApiError as error:
+            return wsgi_error(error, start_response)
+        start_response(status_line(status), headers)
+        return body
+
+    def body(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        """The archive's bytes [start, stop); anything that would make them differ from the plan: StreamBroken."""
+        layout = self.layout
+        stop = layout.length if stop is None else stop
+        if start and self.etag is None:
+            raise ValueError("only an archive with an ETag can be sent from the middle")
+        return self._body(start, stop)
+
+    def _body(self, start: int, stop: int | None) -> Iterator[bytes]:
+        expected = None if stop is None else stop - start
         sent, held = 0, None
         try:
             # One block is held back so that a wrong total is caught before the last byte goes out.
-            for chunk in self._zip:
+            for chunk in self.layout.body(self._read_member, self._crc_of, start, self._learn):
+                if expected is not None and sent + len(chunk) >= expected:
+                    chunk = chunk[:expected - sent]
                 if held is not None:
                     yield held
                 held = chunk
                 sent += len(chunk)
-            if length is not None and sent != length:
-                raise StreamBroken(f"archive came out at {sent} bytes instead of {length}")
+                if expected is not None and sent >= expected:
+                    break
+            if expected is not None and sent != expected:
+                raise StreamBroken(f"archive came out at {sent} bytes instead of {expected}")
             if held is not None:
                 yield held
         except StreamBroken:
             raise
-        except Exception as exc:  # SizeMismatch, a zipstream RuntimeError, ...: the plan no longer holds
+        except Exception as exc:  # MemberChanged and the like: the plan no longer holds
             raise StreamBroken(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.close()
@@ -374,15 +475,74 @@ class ClusterArchive:
         """Close every peer response still open (the client went away, or a member failed)."""
         for reader in self._readers.values():
             reader.close()
-        self._zip.close()
 
-    def __call__(self, environ, start_response):
-        """Answer a WSGI request with the archive (HEAD: the headers only)."""
-        start_response("200 OK", self.headers())
-        if environ.get("REQUEST_METHOD") == "HEAD":
-            self.close()
-            return []
-        return self.body()
+    # -- the members' bytes, for the layout ----------------------------------------------------------
+
+    def _read_member(self, index: int, offset: int) -> Iterable[bytes]:
+        items, generated = len(self._items), len(self._generated)
+        if index < items:
+            return self._item_bytes(index, offset)
+        if index < items + generated:
+            if offset:
+                raise RuntimeError("a generated member is read once, from its start")
+            return self._generated[index - items][1]
+        return [self._report()[offset:]]
+
+    def _item_bytes(self, index: int, offset: int) -> Iterator[bytes]:
+        item = self._items[index]
+        k, next_node = self._place[index]
+        if next_node in self._readers:
+            # The next node's first bytes start on their way while this node's stream.
+            self._start_early(next_node)
+        if item.node == self.here.name:
+            yield from local_chunks(self.here, item, offset)
+        else:
+            yield from self._readers[item.node].read(k, offset)
+
+    def _start_early(self, node: str) -> None:
+        reader = self._readers[node]
+        if reader.position is not None:
+            return
+        try:
+            reader.start()
+        except Exception as exc:  # its own read will ask again and report
+            log.info("could not start reading node %s early: %s", node, exc)
+
+    def _crc_of(self, index: int) -> int:
+        """The CRC-32 of a member a resumed download skipped: remembered, or read again."""
+        item = self._items[index]
+        running = RunningCrc()
+        if item.node == self.here.name:
+            chunks = local_chunks(self.here, item, 0)
+        else:
+            chunks = single_file(self.peers, item.node, Wanted(item.path, item.etag, item.size), 0,
+                                 self.here.chunk_size)
+        for data in chunks:
+            running.update(data)
+        self._learn(index, running.value)
+        return running.value
+
+    def _learn(self, index: int, crc: int) -> None:
+        if index < len(self._items):
+            item = self._items[index]
+            self.crcs.put((item.node, item.path, item.etag), crc)
+
+    # -- _cluster.json -------------------------------------------------------------------------------
+
+    def _report(self) -> bytes:
+        layout = self.layout
+
+        def crc_of(index):
+            return layout.crc(index, self._crc_of) if index < len(self._items) else layout.crcs.get(index, 0)
+
+        def size_of(index, size):
+            return size if size is not None else layout.written_sizes.get(index, 0)
+
+        return b"".join(self._report_pieces(crc_of, size_of))
+
+    def _report_pieces(self, crc_of, size_of) -> Iterator[bytes]:
+        return _report_pieces(self.path, self.selection, self.results,
+                              [(name, size) for name, _, size, _ in self._generated], crc_of, size_of)
 
 
 # -- merged listings ------------------------------------------------------------------------------

@@ -170,12 +170,9 @@ def api_nodes(s: Services, request: Request) -> Reply:
 def cluster_files(s: Services, request: Request, path: str) -> Reply:
     """GET/HEAD /cluster/files/{path}: one ZIP of `path` from every selected node."""
     archive = ClusterArchive(s.local, s.peers, path, nodes(request.args), deflate=compress(request.args),
-                             strict=flag(request.args, "strict"), selection=parse_selection(request.args))
-    headers = archive.headers()
-    if request.method == "HEAD":
-        archive.close()
-        return Reply(200, headers, [])
-    return Reply(200, headers, archive.body())
+                             strict=flag(request.args, "strict"), selection=parse_selection(request.args),
+                             crcs=s.crcs)
+    return Reply(*archive.answer(request.method, request.headers))
 
 
 @route("/cluster/list/", "/cluster/list/<path:path>", defaults={"path": ""})
