@@ -24,6 +24,7 @@ from urllib.parse import quote
 import urllib3
 from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError,
                                 ReadTimeoutError)
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from .errors import ApiError, NotFound
 
@@ -79,6 +80,8 @@ def tls_failure(exc: BaseException | None) -> str | None:
         seen.add(id(exc))
         if isinstance(exc, ssl.SSLCertVerificationError):
             return f"certificate verify failed: {exc.verify_message}"
+        if isinstance(exc, CertificateError):  # urllib3 matches IP addresses itself
+            return f"certificate verify failed: {exc}"
         if isinstance(exc, ssl.SSLError):
             return re.sub(r"^\[[^]]*\] | \(_ssl\.c:\d+\)$", "", str(exc.args[1] if len(exc.args) > 1 else exc))
         causes = [getattr(exc, "reason", None), *exc.args, exc.__cause__, exc.__context__]
