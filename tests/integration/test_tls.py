@@ -75,15 +75,15 @@ class CA:
         return path
 
 
-def tls_for(ca: CA, *, other_ca: CA | None = None, identity: str | None = None, client_ca: CA | None = None,
-            bad_node: str = "b"):
-    """The `tls` argument of start_cluster: node certificates from `ca`; node `bad_node`'s from `other_ca`
-    or issued for `identity` instead of its own address; with client_ca, client certificates required."""
+def tls_for(ca: CA, *, issuer_of: dict[str, CA] | None = None, identity_of: dict[str, str] | None = None,
+            client_ca: CA | None = None):
+    """The `tls` argument of start_cluster: node certificates from `ca` for the node's own address,
+    unless issuer_of or identity_of say otherwise; with client_ca, client certificates required."""
     tests_client = client_ca.client_pem("tests") if client_ca else None
 
     def tls(name: str, host: str) -> ServerTLS:
-        issuer = other_ca if (other_ca and name == bad_node) else ca
-        cert, key = issuer.server_files(name, identity if (identity and name == bad_node) else host)
+        issuer = (issuer_of or {}).get(name, ca)
+        cert, key = issuer.server_files(name, (identity_of or {}).get(name, host))
         return ServerTLS(cert, key, issuer.pem, client_ca=client_ca.pem if client_ca else None,
                          client_cert=tests_client)
     return tls
@@ -151,8 +151,8 @@ def test_peer_certificate_not_accepted_is_502_naming_tls(server, cluster_factory
     """A peer whose certificate is signed by another CA, or issued for another address, is never
     talked to: 502 peer_unreachable saying why, the same in /api/nodes and in the gateway's log."""
     ca = CA(tmp_path / "ca")
-    tls = tls_for(ca, other_ca=CA(tmp_path / "other") if fault == "other_ca" else None,
-                  identity="127.0.0.254" if fault == "other_host" else None)
+    tls = tls_for(ca, issuer_of={"b": CA(tmp_path / "other")} if fault == "other_ca" else None,
+                  identity_of={"b": "127.0.0.254"} if fault == "other_host" else None)
     cluster = cluster_factory(("a", "b"), server=server, tls=tls, ca_file=ca.pem, token=TOKEN)
     a, b = cluster["a"], cluster["b"]
     (b.root / "f.txt").write_bytes(b"secret\n")
@@ -231,3 +231,71 @@ def test_node_with_unusable_tls_file_exits_2_with_one_line(tmp_path, key, make, 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"[cluster] {key} {str(path)!r}" in lines[0] and expected in lines[0], lines
+
+
+def nginx_terminator(folder: Path, listen: str, cert: Path, key: Path, upstream: str) -> subprocess.Popen:
+    """nginx terminating TLS on `listen` for a plain-HTTP node at `upstream`, as docs/servers.md shows."""
+    for sub in ("logs", "body", "proxy"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    conf = folder / "nginx.conf"
+    conf.write_text(f"""{"user root;" if os.geteuid() == 0 else ""}
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    server {{
+        listen {listen} ssl;
+        ssl_certificate     {cert};
+        ssl_certificate_key {key};
+        client_max_body_size 0;
+        proxy_request_buffering off;
+        proxy_buffering off;
+        proxy_read_timeout 1h;
+        location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    }}
+}}
+""")
+    return subprocess.Popen([shutil.which("nginx"), "-p", str(folder), "-c", str(conf), "-e",
+                             str(folder / "logs" / "error.log")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+
+
+def test_waitress_node_behind_a_tls_terminator(cluster_factory, tmp_path):
+    """waitress speaks plain HTTP on loopback; nginx holds its https url. Its https peer (gunicorn)
+    and it reach each other verified both ways: forwarding, an upload, a cluster ZIP, health."""
+    if shutil.which("nginx") is None or importlib.util.find_spec("gunicorn") is None:
+        pytest.skip("needs nginx and gunicorn")
+    ca = CA(tmp_path / "ca")
+    front_host = support.loopback_host()
+    front = f"{front_host}:{support.free_port(front_host)}"
+    cluster = cluster_factory(("a", "b"), server="gunicorn", start=("b",), urls={"a": f"https://{front}"},
+                              tls=tls_for(ca, identity_of={"a": front_host}), ca_file=ca.pem, token=TOKEN,
+                              uploads=True)
+    a, b = cluster["a"], cluster["b"]
+    nginx = nginx_terminator(tmp_path / "nginx", front, a.tls.cert, a.tls.key, f"{a.host}:{a.port}")
+    try:
+        a_tls, a.tls = a.tls, None  # waitress itself serves plain HTTP on a.host:a.port
+        support.launch(a, cluster.config_path, server="waitress")
+        a.tls = a_tls
+        a.wait_ready()
+        data = os.urandom(3 * MiB)
+        (b.root / "big.bin").write_bytes(data)
+        (a.root / "logs").mkdir()
+        (a.root / "logs" / "a.log").write_bytes(b"a\n" * 5000)
+
+        assert health(a)["b"]["status"] == "ok" and health(b)["a"]["status"] == "ok"
+        forwarded = get(a, "/nodes/b/files/big.bin")
+        assert forwarded.status == 200 and forwarded.data == data
+        body = os.urandom(2 * MiB)
+        stored = support.http("PUT", a.url + "/files/up.bin", headers=AUTH, body=body, tls=a.tls, timeout=60)
+        assert stored.status == 201 and (a.root / "up.bin").read_bytes() == body
+        archive = get(b, "/cluster/files/logs")  # b asks a through its terminator
+        with zipfile.ZipFile(io.BytesIO(archive.data)) as z:
+            assert z.read("a/logs/a.log") == b"a\n" * 5000
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
