@@ -78,12 +78,14 @@ def tls_failure(exc: BaseException | None) -> str | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, ssl.SSLCertVerificationError):
+        if isinstance(exc, ssl.SSLCertVerificationError) and getattr(exc, "verify_message", None):
             return f"certificate verify failed: {exc.verify_message}"
-        if isinstance(exc, CertificateError):  # urllib3 matches IP addresses itself
+        if isinstance(exc, CertificateError):  # urllib3's own host name check
             return f"certificate verify failed: {exc}"
         if isinstance(exc, ssl.SSLError):
-            return re.sub(r"^\[[^]]*\] | \(_ssl\.c:\d+\)$", "", str(exc.args[1] if len(exc.args) > 1 else exc))
+            # OpenSSL's words without its codes: "[SSL: X] words (_ssl.c:1006)" -> "words"
+            text = str(exc.args[1] if len(exc.args) > 1 else exc.args[0] if exc.args else "")
+            return re.sub(r"^\[[^]]*\] | \(_ssl\.c:\d+\)$", "", text) or type(exc).__name__
         causes = [getattr(exc, "reason", None), *exc.args, exc.__cause__, exc.__context__]
         exc = next((c for c in causes if isinstance(c, BaseException) and id(c) not in seen), None)
     return None

@@ -1,14 +1,17 @@
-"""[cluster] ca_file, client_cert, client_key: checked when the config is loaded, one line per problem."""
+"""TLS to peers as tables: the [cluster] files checked at load, and what a TLS failure tells the client."""
 
 import os
 import shutil
+import ssl
 import subprocess
 
 import pytest
 import trustme
+from urllib3.exceptions import MaxRetryError, ProtocolError, SSLError
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from wsgi_stream.config import ConfigError, config_from_dict
-from wsgi_stream.peers import PeerClient
+from wsgi_stream.peers import PeerClient, failure_of
 
 NODES = {"a": {"url": "https://127.0.0.2:8443", "root": "/"}}
 
@@ -81,3 +84,47 @@ def test_good_tls_files_reach_the_peer_pool(pems, cluster):
     pool = PeerClient(config, "a").pool.connection_from_url(NODES["a"]["url"])
     assert pool.cert_reqs == "CERT_REQUIRED" and pool.ca_certs == config.ca_file
     assert (pool.cert_file, pool.key_file) == (config.client_cert, config.client_key)
+
+
+def verify_error(message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message} "
+                                            "(_ssl.c:1006)")
+    error.verify_message = message
+    return error
+
+
+def alert(words: str) -> ssl.SSLError:
+    return ssl.SSLError(1, f"[SSL: {words.upper().replace(' ', '_')}] {words} (_ssl.c:2580)")
+
+
+TLS_FAILURES = [
+    # (id, urllib3 exception as PeerClient.open sees it, the reason the message gives)
+    ("peer-signed-by-another-ca", SSLError(verify_error("unable to get local issuer certificate")),
+     "certificate verify failed: unable to get local issuer certificate"),
+    ("peer-certificate-for-another-address", SSLError(verify_error("IP address mismatch, certificate is not valid "
+                                                                   "for '10.0.0.2'.")),
+     "certificate verify failed: IP address mismatch, certificate is not valid for '10.0.0.2'."),
+    ("urllib3-host-name-check", SSLError(CertificateError("hostname 'b' doesn't match 'c'")),
+     "certificate verify failed: hostname 'b' doesn't match 'c'"),
+    ("peer-requires-a-client-certificate", SSLError(alert("tlsv13 alert certificate required")),
+     "tlsv13 alert certificate required"),
+    ("peer-refuses-our-client-certificate", SSLError(alert("tlsv1 alert unknown ca")), "tlsv1 alert unknown ca"),
+    ("peer-hangs-up-mid-handshake",
+     SSLError(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2406)")),
+     "EOF occurred in violation of protocol"),
+    ("inside-max-retry", MaxRetryError(None, "/healthz", SSLError(alert("tlsv1 alert unknown ca"))),
+     "tlsv1 alert unknown ca"),
+    ("inside-protocol-error", ProtocolError("Connection aborted.", alert("tlsv1 alert unknown ca")),
+     "tlsv1 alert unknown ca"),
+    ("bare-words", SSLError(ssl.SSLError("certificate verify failed")), "certificate verify failed"),
+]
+
+
+@pytest.mark.parametrize("exc, reason", [c[1:] for c in TLS_FAILURES], ids=[c[0] for c in TLS_FAILURES])
+def test_tls_failure_is_502_peer_unreachable_saying_why(exc, reason, caplog):
+    error = failure_of(exc, "b")
+    assert (error.status, error.code) == (502, "peer_unreachable")
+    assert error.message == f"Node b is unreachable: TLS failed ({reason})."
+    assert f"TLS with node b failed: {reason}" in caplog.text
+    # Once the answer has started, a TLS error is a broken stream like any other.
+    assert failure_of(exc, "b", reading=True).message == "Node b broke off its answer."
