@@ -119,6 +119,8 @@ def test_cluster_works_over_https(server, cluster_factory, tmp_path):
         (node.root / "logs" / "app.log").write_bytes(f"log of {node.name}\n".encode() * 1000)
 
     assert health(a) == {n: {"name": n, "url": cluster.url(n), "status": "ok", "message": ""} for n in "ab"}
+    check = run_serve("--check", "--config", str(cluster.config_path), "--node", "a")
+    assert check.returncode == 0 and "ok (" in check.stdout, check
 
     whole = get(a, "/nodes/b/files/data/big.bin")
     assert whole.status == 200 and hashlib.sha256(whole.data).digest() == hashlib.sha256(data).digest()
@@ -170,6 +172,8 @@ def test_peer_certificate_not_accepted_is_502_naming_tls(server, cluster_factory
     assert listing.status == 200, listing.data
     assert f"TLS with node b failed: {expected}" in a.log()
     assert get(a, "/healthz").status == 200
+    check = run_serve("--check", "--config", str(cluster.config_path), "--node", "a")
+    assert check.returncode == 1 and "PROBLEM: Node b is unreachable: TLS failed (" in check.stdout, check
 
 
 @pytest.mark.parametrize("gateway_shows", ["cluster_cert", "nothing", "other_ca_cert"])
