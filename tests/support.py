@@ -7,12 +7,14 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import urllib3
 
@@ -48,7 +50,31 @@ def write_config(path: Path, nodes: dict[str, tuple[str, Path]], **cluster) -> P
     return path
 
 
-def server_command(server: str, config: Path, name: str, host: str, port: int, threads: int = 16) -> tuple[list[str], dict]:
+@dataclass(frozen=True)
+class ServerTLS:
+    """A node serving https itself (deploy/*-tls): its certificate chain and key, and the CA the tests
+    trust for it; with client_ca, it requires client certificates signed by that CA, and the tests'
+    own requests show client_cert (certificate and key in one PEM)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_ca: Path | None = None
+    client_cert: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """What the tests' own requests to such a node trust and show."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        # The chain is checked, not the name: a node whose certificate names another address (to
+        # test that its peers refuse it) must still be reachable by the tests.
+        context.check_hostname = False
+        if self.client_cert:
+            context.load_cert_chain(str(self.client_cert))
+        return context
+
+
+def server_command(server: str, config: Path, name: str, host: str, port: int, threads: int = 16,
+                   tls: ServerTLS | None = None) -> tuple[list[str], dict]:
     """The command line and environment that run node `name` under `server`.
 
     uwsgi and gunicorn run with the settings we ship (deploy/uwsgi.ini, deploy/gunicorn.conf.py);
@@ -67,7 +93,27 @@ def server_command(server: str, config: Path, name: str, host: str, port: int, t
                "-b", f"{host}:{port}", "--threads", str(threads), "--chdir", str(REPO)]
     else:
         raise ValueError(server)
+    if tls is not None:
+        cmd = _tls_command(server, cmd, f"{host}:{port}", tls)
     return cmd, env
+
+
+def _tls_command(server: str, cmd: list[str], address: str, tls: ServerTLS) -> list[str]:
+    """`cmd` as its https variant: deploy/uwsgi-tls.ini or deploy/gunicorn-tls.conf.py, and the node's
+    certificate given on the command line as docs/servers.md ("TLS") says."""
+    deploy = REPO / "deploy"
+    if server == "uwsgi":
+        socket_spec = f"{address},{tls.cert},{tls.key},HIGH" + (f",!{tls.client_ca}" if tls.client_ca else "")
+        swap = {str(deploy / "uwsgi.ini"): str(deploy / "uwsgi-tls.ini"), "--http-socket": "--https-socket",
+                address: socket_spec}
+        return [swap.get(arg, arg) for arg in cmd]
+    if server == "gunicorn":
+        swap = {str(deploy / "gunicorn.conf.py"): str(deploy / "gunicorn-tls.conf.py")}
+        extra = ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
+        if tls.client_ca:
+            extra += ["--ca-certs", str(tls.client_ca), "--cert-reqs", "2"]
+        return [swap.get(arg, arg) for arg in cmd] + extra
+    raise ValueError(f"{server} serves plain HTTP only (a TLS terminator goes in front of it)")
 
 
 @dataclass
@@ -81,6 +127,7 @@ class NodeProcess:
     port: int
     log_path: Path
     proc: subprocess.Popen | None = None
+    tls: ServerTLS | None = None
 
     @property
     def pid(self) -> int:
@@ -95,7 +142,8 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.name} exited {self.proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                context = self.tls.context() if self.tls else None
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1, context=context) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -140,14 +188,18 @@ class Cluster:
 
 
 def start_cluster(tmp_path: Path, names=("a", "b", "c"), *, server: str = "waitress", start=None,
-                  threads: int = 16, urls: dict[str, str] | None = None, **cluster_keys) -> Cluster:
-    """Write a config for `names` (roots under tmp_path) and start the nodes listed in `start`."""
+                  threads: int = 16, urls: dict[str, str] | None = None,
+                  tls: Callable[[str, str], ServerTLS] | None = None, **cluster_keys) -> Cluster:
+    """Write a config for `names` (roots under tmp_path) and start the nodes listed in `start`.
+
+    With `tls`, nodes serve https (uwsgi, gunicorn): tls(name, host) gives each one's certificate.
+    """
     tmp_path = Path(tmp_path)
     specs = {}
     for name in names:
         host = loopback_host()
         port = free_port(host)
-        url = (urls or {}).get(name, f"http://{host}:{port}")
+        url = (urls or {}).get(name, f"{'https' if tls else 'http'}://{host}:{port}")
         root = tmp_path / f"root-{name}"
         root.mkdir(parents=True, exist_ok=True)
         specs[name] = (url, root, host, port)
@@ -155,7 +207,8 @@ def start_cluster(tmp_path: Path, names=("a", "b", "c"), *, server: str = "waitr
                           **cluster_keys)
     result = Cluster(config, token=cluster_keys.get("token"))
     for name, (url, root, host, port) in specs.items():
-        result.nodes[name] = NodeProcess(name, url, root, host, port, tmp_path / f"node-{name}.log")
+        result.nodes[name] = NodeProcess(name, url, root, host, port, tmp_path / f"node-{name}.log",
+                                         tls=tls(name, host) if tls else None)
     for name in (names if start is None else start):
         launch(result.nodes[name], config, server=server, threads=threads)
     for name in (names if start is None else start):
@@ -165,7 +218,7 @@ def start_cluster(tmp_path: Path, names=("a", "b", "c"), *, server: str = "waitr
 
 def launch(node: NodeProcess, config: Path, server: str = "waitress", threads: int = 16) -> NodeProcess:
     """Start `node`'s process (its log goes to node.log_path)."""
-    cmd, env = server_command(server, config, node.name, node.host, node.port, threads)
+    cmd, env = server_command(server, config, node.name, node.host, node.port, threads, tls=node.tls)
     log = open(node.log_path, "ab")
     node.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -189,14 +242,17 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 
 
 def http(method: str, url: str, headers: dict | None = None, body=None, stream: bool = False,
-         timeout: float = 30) -> urllib3.BaseHTTPResponse:
+         timeout: float = 30, tls: ServerTLS | None = None) -> urllib3.BaseHTTPResponse:
     """One request on a connection of its own: the urllib3 response (.status, .headers, .data, .json()).
 
     Like requests.get & co.: no retries, and the body is read unless `stream` (then read it with
     .stream(n) and close it; a cut body raises urllib3.exceptions.ProtocolError). Unlike requests:
-    no decompression (the nodes never send Content-Encoding) and no redirects followed.
+    no decompression (the nodes never send Content-Encoding) and no redirects followed. `tls`: an
+    https node's CA (and the client certificate it asks for).
     """
-    pool = urllib3.PoolManager(retries=False)
+    # The tests check a node's chain, not its name (ServerTLS.context).
+    verify = {"ssl_context": tls.context(), "assert_hostname": False} if tls else {}
+    pool = urllib3.PoolManager(retries=False, **verify)
     response = pool.request(method, url, headers=headers, body=body, timeout=timeout,
                             preload_content=not stream, redirect=False)
     if not stream:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import ssl
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +50,11 @@ class Config:
     uploads: bool = False
     max_upload_size: int = 0
     source: str = field(default="<memory>", compare=False)
+    # TLS to peers with https:// urls: the CA their certificates must be signed by (None: the
+    # system's), and the certificate and key this node shows them when they ask (mutual TLS).
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
     def node(self, name: str) -> Node:
         """The node called `name`, or ConfigError."""
@@ -77,6 +85,8 @@ _CLUSTER_KEYS = {
     "max_upload_size": ((int,), lambda v: v >= 0, "a number of bytes >= 0"),
 }
 _NODE_KEYS = ("url", "root")
+# [cluster] keys naming PEM files for TLS to peers, checked when the config is loaded.
+_TLS_KEYS = ("ca_file", "client_cert", "client_key")
 
 
 def _check_value(where: str, key: str, value):
@@ -101,6 +111,54 @@ def _check_url(where: str, name: str, url) -> str:
     return url.rstrip("/")
 
 
+def _readable_file(where: str, key: str, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: [cluster] {key} must be the path of a PEM file, not {value!r}")
+    path = str(Path(value).expanduser())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang the start
+    except OSError as exc:
+        raise ConfigError(f"{where}: [cluster] {key} {path!r} cannot be read: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{where}: [cluster] {key} {path!r} is not a regular file")
+    finally:
+        os.close(fd)
+    return path
+
+
+def _no_passphrase() -> bytes:
+    # Never prompt on a terminal: a node starts unattended, so its client key is stored unencrypted.
+    raise ValueError("the key is encrypted")
+
+
+def _ssl_reason(exc: Exception) -> str:
+    """OpenSSL's words without its codes: '[X509: KEY_VALUES_MISMATCH] key values mismatch (_ssl.c:1)'."""
+    text = str(exc.args[1] if isinstance(exc, ssl.SSLError) and len(exc.args) > 1 else exc)
+    return re.sub(r"^\[[^]]*\] | \(_ssl\.c:\d+\)$", "", text)
+
+
+def _check_tls_files(where: str, cluster: Mapping) -> dict:
+    """ca_file, client_cert and client_key of [cluster]: readable PEM files that OpenSSL accepts."""
+    files = {key: _readable_file(where, key, cluster[key]) for key in _TLS_KEYS if key in cluster}
+    if "client_key" in files and "client_cert" not in files:
+        raise ConfigError(f"{where}: [cluster] client_key needs client_cert (the certificate it goes with)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if "ca_file" in files:
+        try:
+            context.load_verify_locations(cafile=files["ca_file"])
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{where}: [cluster] ca_file {files['ca_file']!r} holds no CA certificate "
+                              f"in PEM: {_ssl_reason(exc)}") from None
+    if "client_cert" in files:
+        try:
+            context.load_cert_chain(files["client_cert"], files.get("client_key"), password=_no_passphrase)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"{where}: [cluster] client_cert {files['client_cert']!r} and its key are not a "
+                              f"PEM certificate with its unencrypted key: {_ssl_reason(exc)}") from None
+    return files
+
+
 def config_from_dict(data: Mapping, source: str = "<memory>") -> Config:
     """Build and check a Config from the parsed TOML structure."""
     unknown = set(data) - {"cluster", "nodes"}
@@ -110,9 +168,10 @@ def config_from_dict(data: Mapping, source: str = "<memory>") -> Config:
     if not isinstance(cluster, Mapping):
         raise ConfigError(f"{source}: [cluster] must be a table")
     for key in cluster:
-        if key not in _CLUSTER_KEYS:
+        if key not in _CLUSTER_KEYS and key not in _TLS_KEYS:
             raise ConfigError(f"{source}: unknown key {key!r} in [cluster]")
-    values = {key: _check_value(source, key, value) for key, value in cluster.items()}
+    values = {key: _check_value(source, key, value) for key, value in cluster.items() if key in _CLUSTER_KEYS}
+    values.update(_check_tls_files(source, cluster))
 
     tables = data.get("nodes")
     if not isinstance(tables, Mapping) or not tables:

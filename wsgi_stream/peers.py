@@ -14,6 +14,9 @@ urllib3's exceptions or its pool:
 from __future__ import annotations
 
 import json
+import logging
+import re
+import ssl
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, TypeVar
 from urllib.parse import quote
@@ -21,8 +24,11 @@ from urllib.parse import quote
 import urllib3
 from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError,
                                 ReadTimeoutError)
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from .errors import ApiError, NotFound
+
+log = logging.getLogger("wsgi_stream.peers")
 
 # How long a health check waits for a peer's /healthz.
 HEALTH_TIMEOUT = 1.0
@@ -60,7 +66,29 @@ def failure_of(exc: Exception, node: str, reading: bool = False) -> ApiError:
     # NewConnectionError (refused, no route, bad name) subclasses ConnectTimeoutError in urllib3 2.
     if not isinstance(exc, NewConnectionError) and isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
         return peer_error("peer_timeout", node)
+    tls = None if reading else tls_failure(exc)
+    if tls is not None:
+        log.warning("TLS with node %s failed: %s", node, tls)
+        return peer_error("peer_unreachable", node, f"Node {node} is unreachable: TLS failed ({tls}).")
     return peer_error("peer_broken" if reading else "peer_unreachable", node)
+
+
+def tls_failure(exc: BaseException | None) -> str | None:
+    """What went wrong in TLS behind urllib3 error `exc` ('certificate verify failed: ...'), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError) and getattr(exc, "verify_message", None):
+            return f"certificate verify failed: {exc.verify_message}"
+        if isinstance(exc, CertificateError):  # urllib3's own host name check
+            return f"certificate verify failed: {exc}"
+        if isinstance(exc, ssl.SSLError):
+            # OpenSSL's words without its codes: "[SSL: X] words (_ssl.c:1006)" -> "words"
+            text = str(exc.args[1] if len(exc.args) > 1 else exc.args[0] if exc.args else "")
+            return re.sub(r"^\[[^]]*\] | \(_ssl\.c:\d+\)$", "", text) or type(exc).__name__
+        causes = [getattr(exc, "reason", None), *exc.args, exc.__cause__, exc.__context__]
+        exc = next((c for c in causes if isinstance(c, BaseException) and id(c) not in seen), None)
+    return None
 
 
 def status_failure(status: int, node: str) -> ApiError | None:
@@ -158,8 +186,12 @@ class PeerClient:
         # Asking what a node has never outlasts the plan's budget, so a stalled node frees its thread.
         self.planning_timeout = urllib3.Timeout(connect=min(config.connect_timeout, config.plan_timeout),
                                                 read=min(config.read_timeout, config.plan_timeout))
+        # Peers with https:// urls are always verified: their chain against the cluster's CA (the
+        # system's without ca_file) and their certificate against the url's host name or address.
         self.pool = urllib3.PoolManager(num_pools=max(len(config.nodes), 1), maxsize=16, block=False,
-                                        retries=False, timeout=self.timeout)
+                                        retries=False, timeout=self.timeout, cert_reqs="CERT_REQUIRED",
+                                        ca_certs=config.ca_file, cert_file=config.client_cert,
+                                        key_file=config.client_key)
         # Bounded, and shared by every request: 200 nodes cost 16 threads, not 200 per request.
         self.askers = ThreadPoolExecutor(max_workers=min(ASKING_THREADS, max(2, len(config.nodes))),
                                          thread_name_prefix="ask-node")
