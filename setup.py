@@ -11,7 +11,6 @@ setup(
     install_requires=[
         "werkzeug>=3.0,<4",
         "urllib3>=2.0,<3",
-        "zipstream-new>=1.1.8,<2",
         "waitress>=3.0,<4",
     ],
     extras_require={
@@ -24,9 +23,11 @@ setup(
             "gunicorn>=21",
             "uwsgi>=2.0.22",
             "trustme>=1.1",
-            "stream-unzip>=0.0.90",
+            "stream-unzip>=0.0.90",  # stream_unzip: a streaming reader in the ZIP reader matrix
             "redbot>=1.0",  # checks the caching headers (tests/integration/test_caching.py)
         ],
+        # The benchmarks' naive reference app builds its ZIP with zipstream-new (bench/naive_app.py).
+        "bench": ["zipstream-new>=1.1.8,<2"],
         # ISA-L's CRC-32, about 9x zlib's: faster cluster ZIPs, used when installed.
         "fast": ["isal>=1.0"],
     },

@@ -23,7 +23,7 @@ from werkzeug.http import http_date, parse_date, parse_range_header
 
 from . import listing, local
 from .config import LocalNode
-from .crc import CrcCache, RunningCrc
+from .crc import CrcCache, RunningCrc, crc32
 from .errors import ApiError, BadGateway, NotFound, RangeNotSatisfiable, StreamBroken
 from .paths import clean_relpath, resolve
 from .batch import PeerFiles, Wanted, single_file
@@ -427,7 +427,7 @@ class ClusterArchive:
             self.close()
             return status, headers, []
         start, stop = byte_range or (0, self.length)
-        return status, headers, self.body(start, stop)
+        return status, headers, _started(self.body(start, stop))
 
     def __call__(self, environ, start_response):
         """Answer a WSGI request with the archive (HEAD: the headers only; Range and If-Range honoured)."""
@@ -510,6 +510,10 @@ class ClusterArchive:
 
     def _crc_of(self, index: int) -> int:
         """The CRC-32 of a member a resumed download skipped: remembered, or read again."""
+        if index == len(self._items) + len(self._generated):
+            return crc32(self._report())
+        if index >= len(self._items):
+            raise RuntimeError("a generated member is read once, from its start")
         item = self._items[index]
         running = RunningCrc()
         if item.node == self.here.name:
@@ -543,6 +547,31 @@ class ClusterArchive:
     def _report_pieces(self, crc_of, size_of) -> Iterator[bytes]:
         return _report_pieces(self.path, self.selection, self.results,
                               [(name, size) for name, _, size, _ in self._generated], crc_of, size_of)
+
+
+class _Started:
+    """A body whose first block is already made, so that failing to start is still an HTTP error."""
+
+    def __init__(self, first: bytes, rest: Iterator[bytes]):
+        self.first, self.rest = first, rest
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.first:
+            yield self.first
+        yield from self.rest
+
+    def close(self) -> None:
+        self.rest.close()
+
+
+def _started(body: Iterator[bytes]) -> _Started:
+    """`body` with its first block made now: a failure there is a 503 JSON answer, not a cut."""
+    try:
+        first = next(body, b"")
+    except StreamBroken as exc:
+        raise ApiError(f"The archive could not be started: {exc}. Try again.", status=503,
+                       code="archive_not_started", headers=[("Retry-After", "1")]) from exc
+    return _Started(first, body)
 
 
 # -- merged listings ------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_imports_are_read_everywhere_in_a_file(tmp_path):
 
 def test_setup_py_declares_what_the_tests_need():
     declared = declared_distributions()
-    assert {"werkzeug", "urllib3", "zipstream-new", "waitress"} <= set(declared["install_requires"])
+    assert {"werkzeug", "urllib3", "waitress"} <= set(declared["install_requires"])
     # Programs the tests start (uwsgi, gunicorn) count as much as imports.
     needed = {"pytest", "webtest", "playwright", "gunicorn", "uwsgi", "trustme", "stream-unzip"}
     assert needed <= set(declared["test"])
