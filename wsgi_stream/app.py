@@ -15,7 +15,7 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request
 
 from .config import Config, load_config, local_node
-from .crc import CrcCache
+from .crc import CrcCache, cache_path_for, keep_in_file
 from .endpoints import HANDLERS, PUBLIC, URL_MAP, Services
 from .errors import ApiError, MethodNotAllowed, NotFound, Unauthorized
 from .peers import PeerClient
@@ -57,6 +57,8 @@ class App:
         self.local = local_node(config, node)
         self.peers = PeerClient(config, self.local.name)
         self.crcs = CrcCache()
+        if config.keep_crcs:
+            keep_in_file(self.crcs, cache_path_for(self.local.root))
         self.services = Services(config, self.local, self.peers, UploadLimits.of(config), self.crcs)
 
     @property

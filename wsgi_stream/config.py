@@ -47,6 +47,7 @@ class Config:
     connect_timeout: float = 3.0
     read_timeout: float = 30.0
     plan_timeout: float = 10.0
+    keep_crcs: bool = False
     uploads: bool = False
     max_upload_size: int = 0
     source: str = field(default="<memory>", compare=False)
@@ -81,6 +82,7 @@ _CLUSTER_KEYS = {
     "connect_timeout": ((int, float), lambda v: v > 0, "a positive number of seconds"),
     "read_timeout": ((int, float), lambda v: v > 0, "a positive number of seconds"),
     "plan_timeout": ((int, float), lambda v: v > 0, "a positive number of seconds"),
+    "keep_crcs": ((bool,), lambda v: True, "true or false"),
     "uploads": ((bool,), lambda v: True, "true or false"),
     "max_upload_size": ((int,), lambda v: v >= 0, "a number of bytes >= 0"),
 }

@@ -11,10 +11,12 @@ file beside its root (never inside the served tree), so it survives restarts.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -97,6 +99,22 @@ class CrcCache:
         except OSError as exc:
             log.warning("cannot keep CRC-32s in %s: %s", path, exc.strerror)
             temp.unlink(missing_ok=True)
+
+
+def keep_in_file(cache: CrcCache, path: Path, every: float = 30.0) -> threading.Thread:
+    """Load `cache` from `path`, then save it there every `every` seconds when it changed, and at exit."""
+    cache.load(path)
+
+    def save_when_changed():
+        while True:
+            time.sleep(every)
+            if cache.changed:
+                cache.save(path)
+
+    atexit.register(lambda: cache.changed and cache.save(path))
+    saver = threading.Thread(target=save_when_changed, name="crc-saver", daemon=True)
+    saver.start()
+    return saver
 
 
 class RunningCrc:

@@ -143,3 +143,19 @@ def test_every_reader_reads_the_cluster_zip(bundle, tmp_path, request, reader, q
     archive = _archive(tmp_path, r.data, "cluster.zip")
     classes = request.getfixturevalue("java_classes") if reader in JAVA_READERS else None
     assert READERS[reader](archive, classes) == archive.expected
+
+
+def test_a_node_lists_the_crcs_it_learned_and_keeps_them_across_a_restart(cluster_factory):
+    cl = cluster_factory(names=("a", "b"), keep_crcs=True)
+    seed(cl["b"].root, "b")
+    listed = support.http("GET", cl.url("b") + "/list/bundle?recursive=1").json()["entries"]
+    assert not any("crc32" in e for e in listed)
+    r = support.http("GET", cl.url("a") + "/cluster/files/bundle?nodes=b", timeout=60)
+    with zipfile.ZipFile(io.BytesIO(r.data)) as zf:
+        crcs = {i.filename.split("/", 1)[1]: f"{i.CRC:08x}" for i in zf.infolist() if i.filename != "_cluster.json"}
+    b = cl["b"]
+    b.stop()  # saves what it learned beside its root
+    assert any(p.name.endswith("wsgi_stream-crc32") for p in b.root.parent.iterdir())
+    support.launch(b, cl.config_path).wait_ready()
+    listed = support.http("GET", cl.url("b") + "/list/bundle?recursive=1").json()["entries"]
+    assert {e["path"]: e.get("crc32") for e in listed} == crcs
