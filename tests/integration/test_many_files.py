@@ -6,9 +6,7 @@ import io
 import json
 import time
 import zipfile
-import zlib
 
-import pytest
 
 import support
 from faultproxy import proxied_cluster
