@@ -81,8 +81,8 @@ def to_close(channels, now: float, *, client_timeout: float, head_timeout: float
     found = {"stalled": [], "head": [], "linger": [], "pressure": []}
     for ch in channels:
         waiting = ch.waiting_for_head()
-        if ch.requests and ch.total_outbufs_len and ch.last_activity < now - client_timeout:
-            found["stalled"].append(ch)  # waitress only times out connections between requests
+        if ch.total_outbufs_len and ch.last_activity < now - client_timeout:
+            found["stalled"].append(ch)  # waitress would not close one with a request running
         elif waiting is not None and now - waiting > head_timeout:
             found["head"].append(ch)
         elif ch.lingering_since is not None and now - ch.lingering_since > LINGER_SECONDS:
