@@ -17,7 +17,7 @@ from werkzeug.wrappers import Request
 from .config import Config, load_config, local_node
 from .crc import CrcCache
 from .endpoints import HANDLERS, PUBLIC, URL_MAP, Services
-from .errors import ApiError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from .peers import PeerClient
 from .replies import Reply, error_reply, status_line
 from .uploads import UploadLimits, check_enabled, check_size, closing, declared_length
@@ -98,6 +98,10 @@ class App:
         a single body byte (wsgi_stream's waitress channel does); dispatch() decides the same.
         """
         try:
+            coding = environ.get("HTTP_TRANSFER_ENCODING")
+            if coding is not None and (environ.get("CONTENT_LENGTH", "").strip() or coding.strip().lower() != "chunked"):
+                # Two readings of where the body ends (request smuggling): refuse both (RFC 9112 §6.3).
+                raise BadRequest("Send Content-Length or Transfer-Encoding: chunked, not both.")
             self._route(environ)
             method = environ.get("REQUEST_METHOD")
             if method != "PUT":
