@@ -60,6 +60,8 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 8 << 20
 # Largest count handed to one sendfile() call (it returns early when the socket buffer fills).
 SENDFILE_MAX = 8 << 20
+# sendfile() refused for this file (its file system): copy instead.
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 # waitress's error classes -> our error codes.
 _ERROR_CODES = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large",
                 500: "internal_error", 501: "not_implemented"}
@@ -267,6 +269,8 @@ class SendfileBuffer(ReadOnlyFileBasedBuffer):
     local.TrackedFile reports how far it got when it is closed, sent to the end or cut.
     """
 
+    use_sendfile = True
+
     def prepare(self, size=None):
         remain = super().prepare(size)
         if size is not None and remain < size:
@@ -286,6 +290,9 @@ class SendfileBuffer(ReadOnlyFileBasedBuffer):
                 if do_close:
                     channel.handle_close()
                 return 0
+            if why.errno in _NO_SENDFILE:
+                self.use_sendfile = False  # this file system: the next flush copies, as waitress does
+                return 0
             raise
         if sent == 0:
             log.warning("%s: file shrank while being sent (%d bytes short): closing the connection",
@@ -299,7 +306,7 @@ class SendfileBuffer(ReadOnlyFileBasedBuffer):
 
 
 def _sendable(outbuf) -> bool:
-    if not isinstance(outbuf, SendfileBuffer):
+    if not isinstance(outbuf, SendfileBuffer) or not outbuf.use_sendfile:
         return False
     try:
         outbuf.file.fileno()

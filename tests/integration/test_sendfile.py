@@ -166,3 +166,22 @@ def test_strace_shows_sendfile(node, tmp_path, range_, length):
 def test_multi_range_is_copied_not_sent_by_sendfile(node, tmp_path):
     sent = sendfile_bytes(node, tmp_path, lambda: get(node, b"Range: bytes=0-9,20-29\r\n"))
     assert sent == 0
+
+
+def test_a_file_that_shrinks_mid_download_is_cut_never_padded(node):
+    shrink = node.root / "shrink.bin"
+    shrink.write_bytes(os.urandom(SIZE))
+    try:
+        with support.raw_get(node, "/files/shrink.bin", rcvbuf=16 << 10) as s:
+            raw = b""
+            while len(raw) < 1 << 20:
+                raw += s.recv(64 << 10)
+            os.truncate(shrink, 2 << 20)
+            while chunk := s.recv(64 << 10):
+                raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"Content-Length: %d" % SIZE in head
+        assert len(body) < SIZE  # the client can tell: fewer bytes than announced, then the connection closed
+        assert "file shrank while being sent" in node.log()
+    finally:
+        shrink.unlink()
