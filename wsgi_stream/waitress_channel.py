@@ -44,6 +44,7 @@ from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask, WSGITask
+from waitress.utilities import Error as WaitressError
 from waitress.wasyncore import _DISCONNECTED
 
 from .errors import ApiError, error_body, error_headers
@@ -64,7 +65,7 @@ SENDFILE_MAX = 8 << 20
 _NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 # waitress's error classes -> our error codes.
 _ERROR_CODES = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large",
-                500: "internal_error", 501: "not_implemented"}
+                500: "internal_error", 501: "not_implemented", 507: "insufficient_storage"}
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,10 @@ class SpoolBuffer:
 
 # -- the parser: framing, the head's verdict, the spool ---------------------------------------
 
+class SpoolFailed(WaitressError):
+    code, reason = 507, "Insufficient Storage"
+
+
 class HeadParser(HTTPRequestParser):
     """waitress's request parser, deciding on the head before the body (see the module docstring)."""
 
@@ -195,7 +200,13 @@ class HeadParser(HTTPRequestParser):
             self.body_rcv.buf = SpoolBuffer(self.channel.settings, expected)
 
     def received(self, data: bytes) -> int:
-        consumed = super().received(data)
+        try:
+            consumed = super().received(data)
+        except OSError as exc:  # the spool: disk full, or not writable any more
+            log.warning("cannot spool a request body: %s", exc)
+            self.error = SpoolFailed("No room to receive the body on this node; nothing was stored.")
+            self.completed = True
+            return len(data)
         if self.headers_finished and not self.decided and not self.completed and self.channel is not None:
             self.decided = True
             refusal = self.channel.check_head(self)

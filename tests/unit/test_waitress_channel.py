@@ -156,3 +156,10 @@ def test_near_the_limit_the_longest_waiting_idle_ones_go_down_to_half():
 
 def test_below_three_quarters_of_the_limit_nothing_idle_goes():
     assert closes([conn(idle=1.0) for _ in range(70)], limit=100) == {}
+
+
+def test_a_spool_that_fails_is_a_507_not_a_traceback(tmp_path):
+    channel = FakeChannel(None, spool_dir=tmp_path / "gone")  # the directory was removed under the node
+    parser, consumed = parse(b"PUT /files/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
+                             channel)
+    assert parser.completed and parser.error.code == 507
