@@ -18,7 +18,9 @@ Theory of operation. waitress reads a request on its I/O thread with one parser 
   response's `wsgi.file_wrapper` is sent by the I/O thread from the file to the non-blocking
   socket, as much as the socket takes each time it is writable; partial sends, slow clients,
   timeouts and closing work as for waitress's own file buffers, and no byte passes through
-  Python.
+  Python. Safe on the I/O thread because the socket is non-blocking: a call copies at most
+  what the socket buffer takes. Like waitress's own file reads there, it may wait for the disk
+  when the file is not in the page cache.
 
 Every waitress error answer (bad framing, head too large, body over the limit) is JSON too
 (JsonErrorTask). Written against waitress 3.0 (setup.py pins < 4): `_flush_some` is a copy of
