@@ -119,11 +119,12 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-@pytest.mark.parametrize("line,extra,status,code", REFUSED, ids=[f"{r[0]}-{r[2]}" for r in REFUSED])
+CASES = [(*r, chunked) for r in REFUSED for chunked in (False, True) if not (chunked and b"Content-Length" in r[1])]
+
+
+@pytest.mark.parametrize("line,extra,status,code,chunked", CASES,
+                         ids=[f"{c[0]}-{c[2]}-{'chunked' if c[4] else 'length'}" for c in CASES])
 def test_a_refused_body_is_not_read(node, line, extra, status, code, chunked):
-    if chunked and b"Content-Length" in extra:
-        pytest.skip("a chunked body declares no length")
     framing = b"Transfer-Encoding: chunked\r\n" if chunked else \
         (b"" if b"Content-Length" in extra else b"Content-Length: %d\r\n" % BIG)
     head = f"{line} HTTP/1.1\r\nHost: x\r\n".encode() + extra + framing + b"\r\n"
