@@ -32,6 +32,16 @@ keepalive = 15                   # idle seconds on a keep-alive connection (peer
 # it at 1 MiB); a header line may be up to 8190 bytes.
 limit_request_line = 0
 limit_request_field_size = 8190
+limit_request_fields = 50       # browsers and peers send about 15 (gunicorn's default: 100)
+
+# Hostile clients (README.md, "Exposure"): the app decides on a request's head before it reads a
+# body byte (token, route, uploads on, declared size) and gunicorn hands it the body unread, then
+# reads and discards what the app left unread to keep the connection (no spool, no disk). gunicorn
+# refuses ambiguous framing itself (Content-Length with Transfer-Encoding, duplicates, obs-fold).
+# A connection that sends nothing waits in the poller, not a thread, and is closed after `keepalive`
+# seconds. What gunicorn cannot do: a deadline for the request head. Once a head's first byte is
+# in, a thread reads it on a blocking socket until it is complete, so as many trickling clients as
+# threads lock the node out. Put a proxy with a header timeout in front of nodes untrusted clients reach.
 
 # sendfile is on by default (used for wsgi.file_wrapper responses); do not pass --no-sendfile.
 # No max_requests: a worker recycle would cut or delay long downloads.

@@ -17,10 +17,10 @@ from werkzeug.wrappers import Request
 from .config import Config, load_config, local_node
 from .crc import CrcCache, cache_path_for, keep_in_file
 from .endpoints import HANDLERS, PUBLIC, URL_MAP, Services
-from .errors import ApiError, MethodNotAllowed, NotFound, Unauthorized
+from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from .peers import PeerClient
 from .replies import Reply, error_reply, status_line
-from .uploads import UploadLimits
+from .uploads import UploadLimits, check_enabled, check_size, closing, declared_length
 
 access_log = logging.getLogger("wsgi_stream.access")
 log = logging.getLogger("wsgi_stream")
@@ -31,6 +31,10 @@ def _raw_path_is_suspect(environ: dict) -> bool:
     raw = environ.get("REQUEST_URI") or environ.get("RAW_URI") or ""
     raw = raw.split("?", 1)[0].lower()
     return "%2f" in raw or "%00" in raw or "\x00" in environ.get("PATH_INFO", "")
+
+
+def _has_body(environ: dict) -> bool:
+    return environ.get("CONTENT_LENGTH", "").strip() not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ
 
 
 def token_matches(token: str | None, authorization: str) -> bool:
@@ -73,24 +77,55 @@ class App:
         """Whether the request carries the cluster token (Bearer, or Basic password)."""
         return token_matches(self.config.token, environ.get("HTTP_AUTHORIZATION", ""))
 
+    def _route(self, environ: dict) -> tuple[str, dict]:
+        """The request's endpoint and values, its token checked: ApiError or RequestRedirect otherwise."""
+        adapter = URL_MAP.bind_to_environ(environ)
+        try:
+            endpoint, values = adapter.match()
+        except RouteNotFound:
+            raise NotFound("No such endpoint.") from None
+        except RouteMethodNotAllowed as exc:
+            allow = ", ".join(sorted(exc.valid_methods or []))
+            raise MethodNotAllowed(f"{environ.get('REQUEST_METHOD')} is not allowed here.",
+                                   headers=[("Allow", allow)]) from None
+        if endpoint not in PUBLIC and not self.authorized(environ):
+            raise Unauthorized("This cluster needs its token.",
+                               headers=[("WWW-Authenticate", 'Basic realm="wsgi_stream"')])
+        return endpoint, values
+
+    def check_head(self, environ: dict) -> Reply | None:
+        """The answer a request with a body gets from its head alone (None: read the body).
+
+        Token, route, method, uploads on, declared size: a server may call this before it reads
+        a single body byte (wsgi_stream's waitress channel does); dispatch() decides the same.
+        """
+        try:
+            coding = environ.get("HTTP_TRANSFER_ENCODING")
+            if coding is not None and (environ.get("CONTENT_LENGTH", "").strip() or coding.strip().lower() != "chunked"):
+                # Two readings of where the body ends (request smuggling): refuse both (RFC 9112 §6.3).
+                raise BadRequest("Send Content-Length or Transfer-Encoding: chunked, not both.")
+            self._route(environ)
+            method = environ.get("REQUEST_METHOD")
+            if method != "PUT":
+                raise PayloadTooLarge(f"A {method} request takes no body.")
+            check_enabled(self.services.limits, environ)
+            check_size(declared_length(environ), self.services.limits.max_size)
+        except RequestRedirect as exc:
+            return Reply(308, [("Location", exc.new_url), ("Content-Length", "0")])
+        except ApiError as error:
+            return error_reply(closing(error, None, environ))
+        return None
+
     def dispatch(self, environ: dict) -> Reply:
         """Route the request and run its handler; every ApiError becomes its JSON answer."""
         request = Request(environ)
         try:
-            adapter = URL_MAP.bind_to_environ(environ)
+            if _has_body(environ) and (refusal := self.check_head(environ)) is not None:
+                return refusal
             try:
-                endpoint, values = adapter.match()
-            except RouteNotFound:
-                raise NotFound("No such endpoint.") from None
-            except RouteMethodNotAllowed as exc:
-                allow = ", ".join(sorted(exc.valid_methods or []))
-                raise MethodNotAllowed(f"{request.method} is not allowed here.",
-                                       headers=[("Allow", allow)]) from None
+                endpoint, values = self._route(environ)
             except RequestRedirect as exc:
                 return Reply(308, [("Location", exc.new_url), ("Content-Length", "0")])
-            if endpoint not in PUBLIC and not self.authorized(environ):
-                raise Unauthorized("This cluster needs its token.",
-                                   headers=[("WWW-Authenticate", 'Basic realm="wsgi_stream"')])
             if "path" in values and _raw_path_is_suspect(environ):
                 raise NotFound("No such file.")
             return HANDLERS[endpoint](self.services, request, **values)

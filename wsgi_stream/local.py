@@ -24,6 +24,9 @@ _ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
                    "compress": "application/x-compress"}
 # A Range header with more parts than this is served whole (RFC 9110 §14.2 allows ignoring it).
 MAX_RANGES = 64
+# Set in the environ by a server whose wsgi.file_wrapper sends from the file's position and only
+# Content-Length bytes (wsgi_stream's waitress channel): single ranges then go through it too.
+FILE_WRAPPER_RANGES = "wsgi_stream.file_wrapper_ranges"
 
 
 def file_etag(st: os.stat_result) -> str:
@@ -178,11 +181,12 @@ class TrackedFile(io.FileIO):
     """A file that reports how far it was read when the server closes it (for the access log)."""
 
     on_close: Callable[[int], None] | None = None
+    origin = 0  # where the response's bytes start (a range)
 
     def close(self):
         if not self.closed and self.on_close is not None:
             callback, self.on_close = self.on_close, None
-            callback(self.tell())
+            callback(self.tell() - self.origin)
         super().close()
 
 
@@ -226,11 +230,15 @@ def open_file(root, rel: str):
 
 
 def file_body(environ: dict, f: TrackedFile, plan: FilePlan, chunk_size: int) -> tuple[Iterable[bytes], bool]:
-    """The body for `plan`, and whether it is the server's file_wrapper (used for whole files)."""
+    """The body for `plan`, and whether it is the server's file_wrapper (whole files; single ranges where the server allows)."""
     if environ["REQUEST_METHOD"] == "HEAD" or plan.status == 304:
         f.close()
         return [], False
     wrapper = environ.get("wsgi.file_wrapper")
     if plan.status == 200 and wrapper is not None:
+        return wrapper(f, chunk_size), True
+    if plan.boundary is None and wrapper is not None and environ.get(FILE_WRAPPER_RANGES):
+        (f.origin, _), = plan.ranges
+        f.seek(f.origin)
         return wrapper(f, chunk_size), True
     return _plan_body(f, plan, chunk_size), False

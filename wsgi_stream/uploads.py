@@ -34,6 +34,10 @@ DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 WANT_DIGEST = "sha-256=10, sha-512=5"
 # Used only where the file system refuses flock() on a directory.
 _FALLBACK_LOCK = threading.Lock()
+# Set in the environ by a server that holds the whole request body in a file on this node's disk
+# (wsgi_stream's waitress channel; the value is that open file): store() links it into place
+# instead of copying it, when it is on the target's file system.
+SPOOLED_BODY = "wsgi_stream.spooled_body"
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,14 @@ class RequestBody:
                 raise PayloadTooLarge(f"The body is over this cluster's limit of {self.limit} bytes.")
             yield data
 
+    def take(self, size: int) -> None:
+        """Account for a body the server already holds whole: the checks reading its `size` bytes would make."""
+        if self.length is not None and size != self.length:
+            raise IncompleteBody(f"The body ended after {size} of {self.length} bytes.")
+        if self.limit and size > self.limit:
+            raise PayloadTooLarge(f"The body is over this cluster's limit of {self.limit} bytes.")
+        self.received, self.done = size, True
+
 
 # -- storing: the only part that touches the disk -------------------------------------------------
 
@@ -278,6 +290,21 @@ def _write(fd: int, blocks, digests: dict[str, bytes]) -> dict[str, str]:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+    return _compare(hashes, digests)
+
+
+def _check_file(fd: int, digests: dict[str, bytes], block: int) -> dict[str, str]:
+    """Check the file `fd` against `digests` (read once, only when there are digests to check)."""
+    hashes = {name: DIGESTS[name]() for name in digests}
+    offset = 0
+    while hashes and (data := os.pread(fd, block, offset)):
+        for h in hashes.values():
+            h.update(data)
+        offset += len(data)
+    return _compare(hashes, digests)
+
+
+def _compare(hashes: dict, digests: dict[str, bytes]) -> dict[str, str]:
     for name, h in hashes.items():
         if h.digest() != digests[name]:
             raise BadRequest(f"The body does not match its Content-Digest ({name}); nothing was stored.",
@@ -285,17 +312,40 @@ def _write(fd: int, blocks, digests: dict[str, bytes]) -> dict[str, str]:
     return {name: h.hexdigest() for name, h in hashes.items()}
 
 
+def _adopt(body, temp: str, dir_fd: int) -> int | None:
+    """The server's spooled body linked in as `temp`, not copied: its fd; None to copy it instead."""
+    spooled = getattr(body, "environ", {}).get(SPOOLED_BODY)
+    if spooled is None:
+        return None
+    try:
+        # An anonymous (O_TMPFILE) file gets its first name here; needs /proc and one file system.
+        os.link(f"/proc/self/fd/{spooled.fileno()}", temp, dst_dir_fd=dir_fd)
+    except OSError:
+        return None
+    return os.open(temp, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
 def store(target: Path, blocks, digests: dict[str, bytes], headers) -> Stored:
-    """Write `blocks` to a temporary file beside `target`, verify, fsync and rename it into place."""
+    """Write `blocks` to a temporary file beside `target`, verify, fsync and rename it into place.
+
+    A body the server spooled on the same file system (SPOOLED_BODY) is linked there instead.
+    """
     dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     temp = TEMP_PREFIX + secrets.token_hex(8)
     try:
         old = _stat_at(target.name, dir_fd)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+        fd = _adopt(blocks, temp, dir_fd)
+        adopted = fd is not None
+        if not adopted:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
         try:
             if old is not None and stat_mod.S_ISREG(old.st_mode):
                 os.fchmod(fd, stat_mod.S_IMODE(old.st_mode))  # a replaced file keeps its mode
-            sums = _write(fd, blocks, digests)
+            if adopted:
+                blocks.take(os.fstat(fd).st_size)
+                sums = _check_file(fd, digests, blocks.block)
+            else:
+                sums = _write(fd, blocks, digests)
             os.fsync(fd)
             with _locked(dir_fd):
                 old = _stat_at(target.name, dir_fd)
@@ -346,7 +396,7 @@ def must_close(environ: dict, body: RequestBody | None) -> bool:
 
 
 def closing(error: ApiError, body: RequestBody | None, environ: dict) -> ApiError:
-    if must_close(environ, body):
+    if must_close(environ, body) and ("Connection", "close") not in error.headers:
         error.headers = [*error.headers, ("Connection", "close")]
     return error
 
@@ -372,7 +422,8 @@ def put_file(local: LocalNode, limits: UploadLimits, request, rel: str, location
             made = make_parents(target.parent)
             if resolve(local.root, rel) != target:  # a symlink appeared in what we just walked
                 raise Conflict("The path changed while it was being created.")
-            _check_free_space(target.parent, length)
+            if SPOOLED_BODY not in request.environ:  # else the body already sits on this disk
+                _check_free_space(target.parent, length)
             body = RequestBody(request.environ, length, limits)
             stored = store(target, body, digests, request.headers)
             _fsync_dirs([p.parent for p in made])  # the new folders' own entries

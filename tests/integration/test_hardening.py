@@ -1,4 +1,4 @@
-"""One waitress node under load: many slow clients at once, and a thousand aborted downloads.
+"""One waitress node under load: many slow clients at once, a thousand aborted downloads, 20 stops.
 
 Node a (64 threads, serve.py's default) serves its own files, forwards b's files and builds
 cluster ZIPs of both. Clients are raw sockets with small receive buffers. Features that have not
@@ -10,8 +10,11 @@ import http.client
 import io
 import os
 import random
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -299,3 +302,70 @@ def test_1000_aborted_downloads_leak_nothing(pair):
           f"b {fds_b}->{after_fds[1]}, a->b established {peer_conns}->{after_fds[2]}; "
           f"64 full downloads in {full_in:.1f}s; a VmHWM {a.rss_peak_kib() // 1024} MiB")
     assert a.rss_peak_kib() < 300 * 1024
+
+
+# -- stops -------------------------------------------------------------------------------------
+
+def start_single(tmp_path: Path, i: int, *flags: str) -> support.NodeProcess:
+    """One node (4 threads) through serve.py, its log in node-<i>.log."""
+    host = support.loopback_host()
+    port = support.free_port(host)
+    root = tmp_path / "root"
+    if not root.exists():
+        root.mkdir()
+        (root / "big.bin").write_bytes(os.urandom(8 << 20))
+    config = support.write_config(tmp_path / f"c{i}.toml", {"a": (f"http://{host}:{port}", root)}, chunk_size=65536)
+    node = support.NodeProcess("a", f"http://{host}:{port}", root, host, port, tmp_path / f"node-{i}.log")
+    with open(node.log_path, "wb") as log:
+        node.proc = subprocess.Popen(
+            [sys.executable, str(support.REPO / "serve.py"), "--config", str(config), "--node", "a",
+             "--threads", "4", *flags], stdout=log, stderr=log)
+    node.wait_ready()
+    return node
+
+
+def keep_busy(node) -> list[socket.socket]:
+    """Downloads the client does not read (a whole file by sendfile, a range by a worker), a slow head, an idle one."""
+    stalled = [support.raw_get(node, "/files/big.bin", rcvbuf=4096),
+               support.raw_get(node, "/files/big.bin", b"Range: bytes=1-\r\n", rcvbuf=4096)]
+    for s in stalled:
+        assert s.recv(12).startswith(b"HTTP/1.1 20")
+    slow = socket.create_connection((node.host, node.port), timeout=5)
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+    return stalled + [slow, socket.create_connection((node.host, node.port), timeout=5)]
+
+
+def test_20_stops_of_idle_and_busy_nodes_are_quiet(tmp_path):
+    """SIGTERM or SIGINT, idle or mid-download: exit 0, the right signal named, no traceback."""
+    for i in range(20):
+        sig = (signal.SIGTERM, signal.SIGINT)[i // 2 % 2]
+        node = start_single(tmp_path, i, "--grace", "1")
+        clients = keep_busy(node) if i % 2 else []
+        try:
+            node.proc.send_signal(sig)
+            assert node.proc.wait(10) == 0, node.log()
+        finally:
+            for s in clients:
+                s.close()
+            node.stop()
+        log = node.log()
+        assert f"{sig.name}: refusing new requests" in log, log
+        assert "Traceback" not in log and "Exception" not in log and "Errno" not in log, log
+
+
+def test_a_second_signal_exits_at_once_and_says_which(tmp_path):
+    node = start_single(tmp_path, 0, "--grace", "60")
+    clients = keep_busy(node)
+    try:
+        node.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        started = time.monotonic()
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(5) == 1 and time.monotonic() - started < 2
+    finally:
+        for s in clients:
+            s.close()
+        node.stop()
+    log = node.log()
+    assert "SIGINT: refusing new requests" in log and "second SIGTERM: exiting now" in log
+    assert "Traceback" not in log

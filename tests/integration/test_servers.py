@@ -203,7 +203,7 @@ def test_client_pausing_5s_still_gets_everything(cluster, range_header):
 
 
 def test_whole_file_goes_through_the_servers_file_wrapper(cluster, server, tmp_path):
-    """uwsgi and gunicorn send a whole file with sendfile(); waitress from its own I/O loop."""
+    """Every server sends a whole file with sendfile() (waitress: from its I/O loop, waitress_channel.py)."""
     if shutil.which("strace") is None or subprocess.run(["strace", "-qq", "-e", "trace=none", "true"],
                                                          capture_output=True).returncode != 0:
         pytest.skip("strace is not installed or not allowed to trace here")
@@ -222,10 +222,7 @@ def test_whole_file_goes_through_the_servers_file_wrapper(cluster, server, tmp_p
         tracer.wait(10)
     calls = [line for line in out.read_text().splitlines() if "sendfile(" in line]
     sent = sum(int(line.rsplit("=", 1)[1]) for line in calls if line.rsplit("=", 1)[1].strip().isdigit())
-    if server == "waitress":
-        assert calls == []  # waitress's ReadOnlyFileBasedBuffer reads blocks, no sendfile
-    else:
-        assert sent == BLOB_SIZE, calls
+    assert sent == BLOB_SIZE, calls
 
 
 def test_stalled_whole_file_downloads_do_not_hold_worker_threads(cluster, server):

@@ -27,10 +27,16 @@ LIMIT = 8 << 20  # max_upload_size of the shared cluster
 # -- helpers ---------------------------------------------------------------------------------------
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every name under `root` (temp files included) with its sha256, or "dir"."""
+    """Every name under `root` (temp files included) with its sha256, or "dir".
+
+    The root's spool directory (where wsgi-stream receives bodies) is there for good: left out,
+    but not what is in it.
+    """
     result = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames:
+            if dirpath == str(root) and name == TEMP_PREFIX + "spool":
+                continue
             result[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
         for name in filenames:
             path = os.path.join(dirpath, name)
