@@ -22,7 +22,7 @@ from .app import make_app
 from .config import Config, ConfigError, check_node, config_from_dict, load_config, single_node_config
 from .errors import ApiError
 from .peers import PeerClient
-from .server import serve
+from .server import DEFAULT_CONNECTION_LIMIT, DEFAULT_HEAD_TIMEOUT, serve
 
 PROG = "wsgi-stream"
 
@@ -40,7 +40,7 @@ USAGE = """\
 # The flags that stand for a [cluster] key when there is no config file.
 SINGLE_NODE_FLAGS = {"token": "--token", "uploads": "--uploads", "max_upload_size": "--max-upload-size"}
 # The flags the demo takes; it writes its own config.
-DEMO_FLAGS = {"demo", "demo_dir", "threads", "grace", "client_timeout"}
+DEMO_FLAGS = {"demo", "demo_dir", "threads", "grace", "client_timeout", "head_timeout", "connection_limit"}
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds running downloads may take to finish after SIGTERM (default 30)")
     p.add_argument("--client-timeout", type=int, default=120,
                    help="seconds before closing a connection whose client sends or reads nothing (default 120)")
+    p.add_argument("--head-timeout", type=float, default=DEFAULT_HEAD_TIMEOUT,
+                   help=f"seconds a client has to send a complete request head (default {DEFAULT_HEAD_TIMEOUT:g})")
+    p.add_argument("--connection-limit", type=int, default=DEFAULT_CONNECTION_LIMIT,
+                   help=f"open connections at most; idle ones and slow heads go first near it "
+                        f"(default {DEFAULT_CONNECTION_LIMIT})")
     p.add_argument("--check", action="store_true",
                    help="check the config and reach every peer's /healthz, print one line per node, then exit")
     p.add_argument("--demo", action="store_true", help="start a three-node demo cluster on loopback")
@@ -93,6 +98,8 @@ def check_combinations(args, parser: argparse.ArgumentParser) -> None:
     """Usage errors (argparse's usage + one line) and flags that do not go together (StartError)."""
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.head_timeout <= 0 or args.connection_limit < 1:
+        parser.error("--head-timeout must be above 0 and --connection-limit at least 1")
     if args.demo:
         extra = [name for name, value in vars(args).items()
                  if name not in DEMO_FLAGS and value not in (None, False)]
@@ -205,7 +212,8 @@ def run_node(args) -> int:
     if args.exit_with_parent:
         exit_with_parent(args.exit_with_parent)
     try:
-        serve(app, config, listen, args.threads, args.grace, args.client_timeout)
+        serve(app, config, listen, args.threads, args.grace, args.client_timeout,
+              head_timeout=args.head_timeout, connection_limit=args.connection_limit)
     except OSError as exc:  # waitress binds in create_server(), before it serves anything
         raise StartError(listen_problem(exc, listen)) from None
     logging.getLogger("wsgi_stream").info("node %s stopped", node)
@@ -298,6 +306,7 @@ def start_demo_nodes(args, config_path: Path) -> dict[str, subprocess.Popen]:
         procs[name] = subprocess.Popen(
             [sys.executable, "-m", "wsgi_stream.cli", "--config", str(config_path), "--node", name,
              "--threads", str(args.threads), "--grace", str(args.grace), "--client-timeout", str(args.client_timeout),
+             "--head-timeout", str(args.head_timeout), "--connection-limit", str(args.connection_limit),
              "--exit-with-parent", str(os.getpid())],
             env=env, stdin=subprocess.DEVNULL, start_new_session=True)
     return procs
