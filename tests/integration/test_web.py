@@ -7,6 +7,10 @@ import json
 import os
 import re
 import shutil
+import time
+from datetime import datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -23,6 +27,10 @@ FILES = {
     "c": {"hello.txt": b"hello from c\n", UTF8_NAME: "ünïcödé on c\n".encode()},
 }
 SECRET = "s3cret"
+HOUR = 3600
+# Fan-out (PUT /cluster/files, issue 15) is on branch `fanout` until merged: its page test waits for it.
+FANOUT = (WEB_DIR.parent / "fanout.py").is_file()
+requires_fanout = pytest.mark.skipif(not FANOUT, reason="no fan-out backend here (wsgi_stream/fanout.py, branch fanout)")
 
 
 # ---- static checks: fast, no browser ----
@@ -140,8 +148,54 @@ def test_js_helpers(browser):
         assert ev("w.errorMessage(413, JSON.stringify({error: 'too_large', message: 'Too big.'}))") == "Too big."
         assert ev("w.errorMessage(502, '<html>bad gateway</html>')") == "HTTP 502"
         assert ev("w.el('b', {}, '<script>x</script>').outerHTML") == "<b>&lt;script&gt;x&lt;/script&gt;</b>"
+        # What goes in ZIPs (pick.js).
+        assert ev("w.parsePatterns(' *.log, *.txt  app/*.log,,')") == ["*.log", "*.txt", "app/*.log"]
+        assert ev("w.parsePatterns('')") == []
+        assert ev("w.selectionParams('1h', ['*.log', 'a b&c'], 0)") == ["glob=*.log", "glob=a%20b%26c", "since=1h"]
+        assert ev("w.selectionParams('', [], 0)") == []
+        assert ev("w.zipUrl('logs', ['a','b'], ['a','b','c'], ['glob=*.log', 'since=1h'])") == (
+            "/cluster/files/logs?nodes=a,b&glob=*.log&since=1h")
+        assert ev("w.zipUrl('', ['a'], ['a'], ['glob=*.log'])") == "/cluster/files/?glob=*.log"
+        assert ev("w.describe('today', ['*.log', '*.txt'])") == "is named *.log or *.txt and was changed today"
+        assert ev("w.describe('1h', [])") == "was changed in the last hour"
+        # Uploads (upload.js).
+        assert re.fullmatch(r"web-[0-9a-f]{24}", ev("w.uploadId()"))
+        assert ev("w.fanoutUrl('a b/ü.txt', 'best-effort', 'web-1')") == (
+            "/cluster/files/a%20b/%C3%BC.txt?mode=best-effort&id=web-1")
+        assert ev("w.lineText({status: 'committed', created: true})") == "committed (new file)"
+        assert ev("w.lineText({status: 'failed', message: 'Node c is unreachable.'})") == (
+            "failed — Node c is unreachable.")
+        assert ev("w.lineText({state: 'staging', bytes: 2048})") == "staging · 2.0 KiB"
     finally:
         page.close()
+
+
+# (zone, an instant in UTC, the start of that instant's local day as ?since= gets it)
+MIDNIGHTS = [
+    ("UTC", "2026-11-26T10:00:00", "2026-11-26T00:00:00+00:00"),
+    ("Asia/Kolkata", "2026-11-25T20:00:00", "2026-11-26T00:00:00+05:30"),     # already the 26th there
+    ("Asia/Kolkata", "2026-11-25T18:00:00", "2026-11-25T00:00:00+05:30"),
+    ("America/St_Johns", "2026-11-26T02:00:00", "2026-11-25T00:00:00-03:30"),  # still the 25th there
+    ("America/Santiago", "2026-09-06T12:00:00", "2026-09-06T01:00:00-03:00"),  # DST skips 00:00 that day
+]
+
+
+@requires_browser
+@pytest.mark.parametrize("zone, instant, expected", MIDNIGHTS)
+def test_today_is_local_midnight_in_rfc3339(browser, zone, instant, expected):
+    context = browser.new_context(timezone_id=zone)
+    try:
+        page = context.new_page()
+        page.set_content("<!doctype html><title>t</title>")
+        for name in SCRIPTS:
+            page.add_script_tag(content=(WEB_DIR / name).read_text(encoding="utf-8"))
+        got = page.evaluate(f"window.wsgiStream.midnight(Date.parse('{instant}Z'))")
+        assert got == expected
+        # The server reads it as the same instant (fromisoformat, as selection.parse_time does).
+        start = datetime.fromisoformat(expected)
+        assert start <= datetime.fromisoformat(instant + "+00:00") < start + timedelta(days=1)
+    finally:
+        context.close()
 
 
 # ---- end to end ----
@@ -238,6 +292,121 @@ def test_page_browse_download_upload_and_down(cluster_factory, open_page, tmp_pa
     page.locator("#refresh").click()
     page.locator('#list-status .st-error[data-node="c"], #list-status .st-missing[data-node="c"]').wait_for()
     page.screenshot(path=str(tmp_path / "screenshot-node-down.png"), full_page=True)
+    assert page.errors == [] and page.dialogs == []
+
+
+# Below recent/ on a and b, each (age in seconds); c has only an old log there.
+RECENT = {"app.log": 60, "web/access.log": 120, "notes.txt": 30, "old/app.log": 3 * HOUR, "core.dump": 10}
+
+
+def seed_recent(cluster, now: float, zone: ZoneInfo) -> tuple[dict[str, float], float]:
+    """Seed recent/ (RECENT, plus yesterday.log from just before midnight in `zone`).
+
+    Returns ({ZIP member name: mtime}, that midnight)."""
+    midnight = datetime.fromtimestamp(now, zone).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    seeded = {}
+    for node, rel, mtime in ([(n, rel, now - age) for n in "ab" for rel, age in RECENT.items()]
+                             + [(n, "yesterday.log", midnight - 60) for n in "ab"]
+                             + [("c", "old/app.log", now - 3 * HOUR)]):
+        seed(cluster.nodes[node].root / "recent", {rel: f"{rel} on {node}\n".encode()}, mtime=mtime)
+        seeded[f"{node}/recent/{rel}"] = mtime
+    return seeded, midnight
+
+
+def zip_query(link) -> dict[str, list[str]]:
+    url = urlsplit(link.get_attribute("href"))
+    return {"path": [url.path], **parse_qs(url.query)}
+
+
+def downloaded_names(page, link) -> tuple[set[str], dict]:
+    _, body = download(page, link)
+    members = zip_members(body)
+    return set(members) - {"_cluster.json"}, json.loads(members["_cluster.json"])
+
+
+def zip_message(page, link) -> str:
+    """Click a ZIP link that must not download; the message shown beside it."""
+    downloads = []
+    listener = lambda d: downloads.append(d)  # noqa: E731 (playwright wants a Python function)
+    page.on("download", listener)
+    link.click()
+    note = link.locator("xpath=following-sibling::span[contains(@class, 'zip-msg')][contains(@class, 'error')]")
+    note.wait_for()
+    page.wait_for_timeout(300)
+    assert downloads == [] and "#/recent" in page.url  # no download, and still the page
+    page.remove_listener("download", listener)
+    return note.inner_text()
+
+
+@requires_browser
+def test_zip_selection_last_hour_today_and_patterns(cluster_factory, open_page):
+    cluster = make_cluster(cluster_factory)
+    zone = "Asia/Kolkata"  # +05:30: the offset in ?since= must keep its minutes
+    seeded, midnight = seed_recent(cluster, time.time(), ZoneInfo(zone))
+    page = open_page(cluster.nodes["a"].url + "/#/recent", timezone_id=zone, viewport={"width": 1100, "height": 900})
+    entry(page, "recent/app.log").wait_for()
+    folder_zip = page.locator("#folder-actions a.zip-all")
+    assert page.locator("#pick-preview").is_hidden()  # nothing picked out: no preview to compute
+    assert zip_query(folder_zip) == {"path": ["/cluster/files/recent"]}
+
+    # "*.log" from the last hour: exactly the new logs of a and b, counted before the download.
+    page.locator('#since input[value="1h"]').check()
+    page.locator("#pattern").fill("*.log")
+    preview = page.locator("#pick-preview")
+    preview.locator('.total[data-count="4"]').wait_for()
+    assert preview.locator('[data-node="a"]').inner_text() == "a: 2"
+    assert preview.locator('[data-node="c"]').inner_text() == "c: none"
+    assert zip_query(folder_zip) == {"path": ["/cluster/files/recent"], "glob": ["*.log"], "since": ["1h"]}
+    names, report = downloaded_names(page, folder_zip)
+    assert names == {f"{n}/recent/{p}" for n in "ab" for p in ("app.log", "web/access.log")}
+    assert report["selection"]["glob"] == ["*.log"] and report["selection"]["since"].endswith("Z")
+
+    # Several patterns, separated by commas and spaces: each one a ?glob=.
+    page.locator("#pattern").fill("*.log,  notes.txt")
+    preview.locator('.total[data-count="6"]').wait_for()
+    assert zip_query(folder_zip)["glob"] == ["*.log", "notes.txt"]
+    names, _ = downloaded_names(page, folder_zip)
+    assert names == {f"{n}/recent/{p}" for n in "ab" for p in ("app.log", "web/access.log", "notes.txt")}
+
+    # Today, in the browser's time zone: since its midnight, with its offset; yesterday's log stays out
+    # (and so does anything else from before that midnight: the logs of 3 hours ago, early in the day).
+    page.locator('#since input[value="today"]').check()
+    page.locator("#pattern").fill("*.log")
+    today = {name for name, mtime in seeded.items() if mtime >= midnight and name.endswith(".log")}
+    assert today and not any(name.endswith("yesterday.log") for name in today)
+    preview.locator(f'.total[data-count="{len(today)}"]').wait_for()
+    since = zip_query(folder_zip)["since"][0]
+    assert since.endswith("+05:30") and datetime.fromisoformat(since).timestamp() == midnight
+    names, _ = downloaded_names(page, folder_zip)
+    assert names == today
+
+    # Any time: yesterday's log too; the node picker still narrows.
+    page.locator('#since input[value=""]').check()
+    page.locator('#pick input[value="a"]').uncheck()
+    preview.locator('.total[data-count="5"]').wait_for()  # b's four logs, c's old one
+    names, _ = downloaded_names(page, folder_zip)
+    assert names == {"b/recent/app.log", "b/recent/web/access.log", "b/recent/old/app.log",
+                     "b/recent/yesterday.log", "c/recent/old/app.log"}
+    page.locator('#pick input[value="a"]').check()
+
+    # Nothing picked: said in the preview and beside the link, and no download starts.
+    page.locator("#pattern").fill("*.nothing")
+    preview.locator('.total[data-count="0"]').wait_for()
+    assert "nothing to download" in preview.inner_text()
+    message = zip_message(page, folder_zip)
+    assert message.startswith("Nothing to download: no file in /recent is named *.nothing")
+    # The same on a node's folder chip: c's recent/old has no log of the last hour.
+    page.locator('#since input[value="1h"]').check()
+    page.locator("#pattern").fill("*.log")
+    chip = entry(page, "recent/old").locator('.chip[data-node="c"] a')
+    assert zip_query(chip)["nodes"] == ["c"]
+    assert zip_message(page, chip).startswith("Nothing to download")
+
+    # A selection the server refuses (more than 32 patterns): its reason, in the preview and on click.
+    page.locator("#pattern").fill(" ".join(f"*.{i}" for i in range(33)))
+    preview.locator(".error").wait_for()
+    assert "At most 32" in preview.inner_text()
+    assert zip_message(page, folder_zip).startswith("Cannot download: At most 32")
     assert page.errors == [] and page.dialogs == []
 
 
