@@ -166,6 +166,7 @@ def test_js_helpers(browser):
         assert ev("w.lineText({status: 'failed', message: 'Node c is unreachable.'})") == (
             "failed — Node c is unreachable.")
         assert ev("w.lineText({state: 'staging', bytes: 2048})") == "staging · 2.0 KiB"
+        assert ev("w.lineText({state: 'staging', bytes: 2048}, 4096)") == "staging · 2.0 KiB of 4.0 KiB"
     finally:
         page.close()
 
@@ -210,6 +211,7 @@ def test_page_browse_download_upload_and_down(cluster_factory, open_page, tmp_pa
     for name in "abc":
         node_item(page, name, "ok").wait_for()
     assert "this node" in node_item(page, "a", "ok").inner_text()
+    assert page.locator("#fanout-box").is_visible() == FANOUT  # "Upload to all nodes" where the node has it
 
     # Root listing: names shown literally (never parsed as HTML), UTF-8 intact.
     page.locator("#entries > li").first.wait_for()
@@ -433,6 +435,71 @@ def test_upload_refusals_show_the_server_message(cluster_factory, open_page):
     state, message = upload_result(page, "a", "hello.txt")
     assert state == "error" and message.startswith("refused (412): ")
     assert (cluster.nodes["a"].root / "hello.txt").read_bytes() == FILES["a"]["hello.txt"]
+
+
+def fanout_result(page, name) -> tuple[str, str, dict[str, tuple[str, str]]]:
+    """Wait until the fan-out row of `name` has finished: (state, message, {node: (status, line text)})."""
+    row = page.locator(f'#uploads li[data-fanout][data-name={json.dumps(name, ensure_ascii=False)}]')
+    row.and_(page.locator('[data-state="done"], [data-state="partial"], [data-state="error"]')).wait_for()
+    lines = {li.get_attribute("data-node"): (li.get_attribute("data-status"), li.locator(".line").inner_text())
+             for li in row.locator(".fan-nodes li").all()}
+    return row.get_attribute("data-state"), row.locator(":scope > .msg").inner_text(), lines
+
+
+@requires_browser
+@requires_fanout
+def test_upload_to_all_nodes(cluster_factory, open_page):
+    cluster = make_cluster(cluster_factory, uploads=True)
+    page = open_page(cluster.nodes["b"].url + "/#/logs")  # through b, to every node
+    entry(page, "logs/app.log").wait_for()
+    page.locator("#fanout-box").wait_for()
+    name = "<b>conf</b> ü.txt"
+    payload = "one body, every node ✓\n".encode() * 20000
+    page.set_input_files("#upload-files", files=[{"name": name, "mimeType": "text/plain", "buffer": payload}])
+    page.locator("#upload-fanout").click()
+    state, message, lines = fanout_result(page, name)
+    assert state == "done" and message == "stored on every node (3)"
+    assert lines == {n: ("committed", "committed (new file)") for n in "abc"}
+    row = page.locator("#uploads li[data-fanout]")
+    assert row.locator(".fan-nodes progress").evaluate_all("ps => ps.map(p => p.value)") == [1, 1, 1]
+    assert row.locator("progress").first.evaluate("p => p.value") == 1  # the one body, sent once
+    for node in cluster.nodes.values():
+        assert (node.root / "logs" / name).read_bytes() == payload
+    entry(page, f"logs/{name}").wait_for()  # the listing shows it, on every node
+    assert entry(page, f"logs/{name}").locator(".chip.absent").count() == 0
+    assert page.locator("#uploads b").count() == 0  # the name is text
+
+    # "Keep existing files": If-None-Match: * on every node; all or nothing, so nothing changes.
+    page.locator("#upload-keep").check()
+    page.set_input_files("#upload-files", files=[{"name": "hello.txt", "mimeType": "text/plain", "buffer": b"v2"}])
+    page.locator("#upload-fanout").click()
+    state, message, lines = fanout_result(page, "hello.txt")
+    assert state == "error" and message.startswith("refused (412): ")
+    assert {status for status, _ in lines.values()} <= {"failed", "unchanged"}
+    for node in "abc":
+        assert (cluster.nodes[node].root / "hello.txt").read_bytes() == FILES[node]["hello.txt"]
+    page.locator("#upload-keep").uncheck()
+
+    # A node down: all or nothing changes no node; as many as possible stores on the others.
+    cluster.nodes["c"].stop()
+    node_item(page, "c", "down").wait_for(timeout=20000)
+    page.set_input_files("#upload-files", files=[{"name": "atomic.txt", "mimeType": "text/plain", "buffer": b"A"}])
+    page.locator("#upload-fanout").click()
+    state, message, lines = fanout_result(page, "atomic.txt")
+    assert state == "error" and "No node changed" in message
+    assert lines["c"][0] == "failed" and lines["c"][1].startswith("failed — ")
+    assert lines["a"][0] == lines["b"][0] == "unchanged"
+    assert not any((cluster.nodes[n].root / "logs" / "atomic.txt").exists() for n in "abc")
+
+    page.locator('input[name="fanout-mode"][value="best-effort"]').check()
+    page.set_input_files("#upload-files", files=[{"name": "some.txt", "mimeType": "text/plain", "buffer": b"S"}])
+    page.locator("#upload-fanout").click()
+    state, message, lines = fanout_result(page, "some.txt")
+    assert state == "partial" and message.startswith("only partly stored (207): ") and "a, b" in message
+    assert lines["a"] == lines["b"] == ("committed", "committed (new file)") and lines["c"][0] == "failed"
+    assert (cluster.nodes["a"].root / "logs" / "some.txt").read_bytes() == b"S"
+    assert (cluster.nodes["b"].root / "logs" / "some.txt").read_bytes() == b"S"
+    assert page.errors == [] and page.dialogs == []
 
 
 @requires_browser

@@ -19,11 +19,12 @@
     return '/cluster/files/' + ws.encodePath(path) + '?mode=' + encodeURIComponent(mode) + '&id=' + encodeURIComponent(id);
   }
 
-  // One node's line of a fan-out: while it runs its state and bytes, at the end its outcome.
-  function lineText(line) {
+  // One node's line of a fan-out: while it runs its state and bytes (of `length`), at the end its outcome.
+  function lineText(line, length) {
     if (line.status === 'committed') return 'committed' + (line.created ? ' (new file)' : ' (replaced)');
     if (line.status) return line.status + (line.message ? ' — ' + line.message : '');
-    return line.state + (line.bytes ? ' · ' + ws.humanSize(line.bytes) : '') + (line.message ? ' — ' + line.message : '');
+    const bytes = line.bytes ? ' · ' + ws.humanSize(line.bytes) + (length ? ' of ' + ws.humanSize(length) : '') : '';
+    return line.state + bytes + (line.message ? ' — ' + line.message : '');
   }
 
   function enqueue(toAll) {
@@ -74,7 +75,7 @@
       li.setAttribute('data-status', line.status || line.state || 'waiting');
       if (line.status === 'committed') li.querySelector('progress').value = 1;
       else if (length && line.bytes !== undefined) li.querySelector('progress').value = line.bytes / length;
-      li.querySelector('.line').textContent = lineText(line);
+      li.querySelector('.line').textContent = lineText(line, length);
     }
   }
 
@@ -105,7 +106,9 @@
       j.row.setAttribute('data-state', 'sending');
       j.msg.textContent = 'sending ' + ws.humanSize(j.file.size);
       xhr.upload.onprogress = (e) => { if (e.lengthComputable && e.total) j.bar.value = e.loaded / e.total; };
-      xhr.upload.onload = () => { if (j.lines) j.msg.textContent = 'sent; the nodes store it…'; };
+      xhr.upload.onload = () => { // the body is out; a fan-out's nodes store it now
+        if (j.lines) { j.row.setAttribute('data-state', 'storing'); j.msg.textContent = 'sent once; the nodes store it…'; }
+      };
       xhr.onload = () => resolve(xhr);
       // A server refusing early (e.g. too large) may close the connection before answering.
       xhr.onerror = () => resolve(null);
