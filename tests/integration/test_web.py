@@ -453,7 +453,7 @@ def test_upload_to_all_nodes(cluster_factory, open_page):
     page = open_page(cluster.nodes["b"].url + "/#/logs")  # through b, to every node
     entry(page, "logs/app.log").wait_for()
     page.locator("#fanout-box").wait_for()
-    name = "<b>conf</b> ü.txt"
+    name = "<img src=x onerror=alert(3)> ü.txt"  # a name is text, never markup
     payload = "one body, every node ✓\n".encode() * 20000
     page.set_input_files("#upload-files", files=[{"name": name, "mimeType": "text/plain", "buffer": payload}])
     page.locator("#upload-fanout").click()
@@ -467,17 +467,20 @@ def test_upload_to_all_nodes(cluster_factory, open_page):
         assert (node.root / "logs" / name).read_bytes() == payload
     entry(page, f"logs/{name}").wait_for()  # the listing shows it, on every node
     assert entry(page, f"logs/{name}").locator(".chip.absent").count() == 0
-    assert page.locator("#uploads b").count() == 0  # the name is text
+    assert page.locator("#uploads img").count() == 0
 
-    # "Keep existing files": If-None-Match: * on every node; all or nothing, so nothing changes.
+    # "Keep existing files": If-None-Match: * on every node. logs/app.log is on a and b, not on c:
+    # all or nothing, so c does not get it either.
     page.locator("#upload-keep").check()
-    page.set_input_files("#upload-files", files=[{"name": "hello.txt", "mimeType": "text/plain", "buffer": b"v2"}])
+    page.set_input_files("#upload-files", files=[{"name": "app.log", "mimeType": "text/plain", "buffer": b"v2"}])
     page.locator("#upload-fanout").click()
-    state, message, lines = fanout_result(page, "hello.txt")
+    state, message, lines = fanout_result(page, "app.log")
     assert state == "error" and message.startswith("refused (412): ")
-    assert {status for status, _ in lines.values()} <= {"failed", "unchanged"}
-    for node in "abc":
-        assert (cluster.nodes[node].root / "hello.txt").read_bytes() == FILES[node]["hello.txt"]
+    assert {status for status, _ in lines.values()} <= {"failed", "unchanged"}  # a or b failed first
+    assert any(status == "failed" and text.startswith("failed — ") for status, text in lines.values())
+    for node in "ab":
+        assert (cluster.nodes[node].root / "logs" / "app.log").read_bytes() == FILES[node]["logs/app.log"]
+    assert not (cluster.nodes["c"].root / "logs" / "app.log").exists()
     page.locator("#upload-keep").uncheck()
 
     # A node down: all or nothing changes no node; as many as possible stores on the others.
