@@ -1,4 +1,5 @@
-// wsgi_stream web page: live node health, the merged cluster listing, downloads, uploads.
+// wsgi_stream web page, core: helpers, live node health, the merged cluster listing.
+// pick.js (what goes in ZIPs) and upload.js (uploads) plug in through window.wsgiStream.hooks.
 // Plain DOM, no framework. Every name from the server goes in through textContent (el()),
 // never innerHTML, so a file called <script>…</script> shows as text.
 'use strict';
@@ -6,12 +7,14 @@
   const POLL_MS = 3000;
   const state = {
     self: '', nodes: [], uploads: false, // from /api/nodes
+    fanout: false,        // does this node take PUT /cluster/files (one upload to every node)?
+    fanoutProbed: false,
     apiNodes: true,       // false while /api/nodes is missing: fall back on the listing
     path: '',             // current folder, also kept in location.hash
-    pick: new Set(),      // nodes picked for "all nodes" ZIPs
-    pickNames: '',        // node names the pickers were built for
-    queue: [], uploading: false,
   };
+  // Other scripts' reactions: init() once, nodes(namesChanged) after each poll, listing() after each load.
+  const hooks = { init: [], nodes: [], listing: [] };
+  const emit = (name, ...args) => hooks[name].forEach((fn) => fn(...args));
   const $ = (id) => document.getElementById(id);
 
   // el('a', {href: u, className: 'x'}, 'text', child): strings become text nodes.
@@ -38,12 +41,13 @@
   }
   function hashFromPath(path) { return '#/' + encodePath(path); }
   function fileUrl(node, path) { return '/nodes/' + encodeURIComponent(node) + '/files/' + encodePath(path); }
-  // The whole cluster when every node is picked (no ?nodes=), else only the picked ones.
-  function zipUrl(path, picked, all) {
-    const base = '/cluster/files/' + encodePath(path);
+  // The whole cluster when every node is picked (no ?nodes=), else only the picked ones; `extra`
+  // are more query parameters, already encoded ('glob=*.log').
+  function zipUrl(path, picked, all, extra) {
     const names = all.filter((n) => picked.includes(n));
-    if (names.length === all.length) return base;
-    return base + '?nodes=' + names.map(encodeURIComponent).join(',');
+    const query = (names.length === all.length ? [] : ['nodes=' + names.map(encodeURIComponent).join(',')])
+      .concat(extra || []);
+    return '/cluster/files/' + encodePath(path) + (query.length ? '?' + query.join('&') : '');
   }
 
   function humanSize(n) {
@@ -67,6 +71,9 @@
     } catch (e) { /* not JSON */ }
     return status ? 'HTTP ' + status : 'network error (connection closed)';
   }
+  function errorCode(text) {
+    try { return JSON.parse(text).error || ''; } catch (e) { return ''; }
+  }
 
   // Opened as http://user:token@host/, the page's own URL holds the credentials, and Chromium refuses
   // to build a request from a URL that includes them: requests go to the bare origin and carry the
@@ -79,16 +86,18 @@
   function absolute(path) { return location.origin + path; }
   function authHeaders() { return urlAuth ? { Authorization: urlAuth } : {}; }
 
-  async function getJSON(url) {
-    const resp = await fetch(absolute(url), { cache: 'no-store', credentials: 'same-origin', headers: authHeaders() });
+  // fetch() with the page's credentials; rejects with .status and .code for an error answer.
+  async function request(url, options) {
+    const resp = await fetch(absolute(url), Object.assign(
+      { cache: 'no-store', credentials: 'same-origin', headers: authHeaders() }, options || {}));
+    if (resp.ok) return resp;
     const text = await resp.text();
-    if (!resp.ok) {
-      const err = new Error(errorMessage(resp.status, text));
-      err.status = resp.status;
-      throw err;
-    }
-    return JSON.parse(text);
+    const err = new Error(errorMessage(resp.status, text));
+    err.status = resp.status;
+    err.code = errorCode(text);
+    throw err;
   }
+  async function getJSON(url, options) { return (await request(url, options)).json(); }
 
   // ---- nodes, polled: the server probes each peer's /healthz and reports ok/down ----
   async function pollNodes() {
@@ -98,6 +107,8 @@
       state.self = data.self || '';
       state.nodes = data.nodes || [];
       state.uploads = data.uploads === true;
+      if (state.uploads && data.fanout !== undefined) state.fanout = data.fanout === true;
+      else if (state.uploads && !state.fanoutProbed) await probeFanout();
       $('nodes-error').hidden = true;
     } catch (e) {
       if (e.status === 404 || e.status === 501) state.apiNodes = false; // older server: names come from the listing
@@ -107,6 +118,20 @@
     setTimeout(pollNodes, POLL_MS);
   }
 
+  // A node with fan-out knows GET /cluster/uploads/{id} and says no_such_upload for an unknown id;
+  // one without it has no such route (not_found).
+  async function probeFanout() {
+    try {
+      await request('/cluster/uploads/web-page-probe');
+      state.fanoutProbed = true;
+    } catch (e) {
+      if (!e.status) return; // no answer at all: ask again at the next poll
+      state.fanoutProbed = true;
+      state.fanout = e.code === 'no_such_upload';
+    }
+  }
+
+  let shownNames = null;
   function renderNodes() {
     $('self').textContent = state.self ? 'node ' + state.self : '';
     const items = state.nodes.map((n) => {
@@ -118,37 +143,14 @@
         n.url ? el('span', { className: 'url' }, n.url) : null);
     });
     $('nodes').replaceChildren(...items);
-    renderPickers();
-    $('upload').hidden = !state.uploads;
-  }
-
-  // Rebuilt only when the node names change, so polling never resets a user's choice.
-  function renderPickers() {
-    const names = state.nodes.map((n) => n.name);
-    if (names.join('/') === state.pickNames) return;
-    if (!state.pickNames) names.forEach((n) => state.pick.add(n));
-    state.pickNames = names.join('/');
-    const box = (name, checked, cls) => el('label', {},
-      el('input', { type: 'checkbox', value: name, checked: checked, className: cls }), ' ' + name);
-    $('pick').replaceChildren(...names.map((n) => box(n, state.pick.has(n), 'pick')));
-    $('targets').replaceChildren(...names.map((n) => box(n, n === state.self, 'target')));
-    updateZipLinks();
-  }
-
-  function pickedNodes() {
-    return Array.from(document.querySelectorAll('input.pick:checked')).map((i) => i.value);
-  }
-  function updateZipLinks() {
-    const all = state.nodes.map((n) => n.name);
-    for (const a of document.querySelectorAll('a[data-zip-path]')) {
-      a.href = zipUrl(a.getAttribute('data-zip-path'), all.length ? pickedNodes() : [], all);
-    }
+    const names = state.nodes.map((n) => n.name).join('/');
+    emit('nodes', names !== shownNames); // pickers are rebuilt only when the names change
+    shownNames = names;
   }
 
   // ---- the merged listing ----
   async function loadListing() {
     state.path = pathFromHash(location.hash);
-    $('upload-dir').textContent = '/' + state.path;
     renderCrumbs();
     $('list-status').textContent = 'Loading…';
     try {
@@ -160,6 +162,7 @@
       $('folder-actions').replaceChildren();
       $('list-status').replaceChildren(el('span', { className: 'error' }, 'Cannot list /' + state.path + ': ' + e.message));
     }
+    emit('listing');
   }
 
   function renderCrumbs() {
@@ -195,7 +198,6 @@
     const entries = (data.entries || []).map((e) => renderEntry(e, order));
     if (!entries.length) entries.push(el('li', { className: 'empty' }, 'This folder is empty.'));
     $('entries').replaceChildren(...entries);
-    updateZipLinks();
   }
 
   function renderEntry(entry, order) {
@@ -213,9 +215,9 @@
       const meta = (entry.nodes || {})[node];
       if (!meta) return el('span', { className: 'chip absent', 'data-node': node, title: 'not on ' + node }, node);
       // A folder from one node is that node's part of the cluster ZIP (/files/ serves files only).
-      const href = isDir ? '/cluster/files/' + encodePath(entry.path) + '?nodes=' + encodeURIComponent(node)
-        : fileUrl(node, entry.path);
-      const link = el('a', { href, className: 'dl', title: 'download from ' + node }, '↓ ' + node);
+      const link = isDir
+        ? el('a', { className: 'dl', title: 'ZIP from ' + node, 'data-zip-path': entry.path, 'data-zip-node': node }, '↓ ' + node)
+        : el('a', { href: fileUrl(node, entry.path), className: 'dl', title: 'download from ' + node }, '↓ ' + node);
       const info = isDir ? ' ZIP' : ' · ' + humanSize(meta.size) + ' · ' + fmtTime(meta.mtime);
       return el('span', { className: 'chip', 'data-node': node }, link, info);
     });
@@ -223,71 +225,20 @@
       head, el('div', { className: 'chips' }, ...chips));
   }
 
-  // ---- uploads: one PUT per file and node, one at a time, each with its own progress bar ----
-  function startUpload(ev) {
-    ev.preventDefault();
-    const files = Array.from($('upload-files').files);
-    const targets = Array.from(document.querySelectorAll('input.target:checked')).map((i) => i.value);
-    if (!files.length || !targets.length) {
-      $('uploads').prepend(el('li', { 'data-state': 'error' }, el('span', { className: 'msg' }, 'Pick at least one file and one node.')));
-      return;
-    }
-    for (const file of files) {
-      for (const node of targets) {
-        const job = { file, node, dir: state.path, keep: $('upload-keep').checked, bar: el('progress', { max: 1, value: 0 }), msg: el('span', { className: 'msg' }, 'waiting') };
-        job.row = el('li', { 'data-state': 'waiting', 'data-node': node, 'data-name': file.name },
-          el('span', { className: 'what' }, joinPath(job.dir, file.name) + ' → ' + node), job.bar, job.msg);
-        $('uploads').append(job.row);
-        state.queue.push(job);
-      }
-    }
-    $('upload-files').value = ''; // keep the chosen target nodes for the next batch
-    runQueue();
-  }
-
-  async function runQueue() {
-    if (state.uploading) return;
-    state.uploading = true;
-    while (state.queue.length) await uploadOne(state.queue.shift());
-    state.uploading = false;
-    loadListing(); // show the new files
-  }
-
-  function uploadOne(job) {
-    const finish = (ok, text) => {
-      job.row.setAttribute('data-state', ok ? 'done' : 'error');
-      job.msg.textContent = text;
-      if (ok) job.bar.value = 1;
-    };
-    return new Promise((resolve) => {
-      const xhr = new XMLHttpRequest();
-      xhr.open('PUT', absolute(fileUrl(job.node, joinPath(job.dir, job.file.name))));
-      if (urlAuth) xhr.setRequestHeader('Authorization', urlAuth);
-      if (job.keep) xhr.setRequestHeader('If-None-Match', '*'); // the node answers 412 if it exists
-      job.row.setAttribute('data-state', 'sending');
-      job.msg.textContent = 'sending ' + humanSize(job.file.size);
-      xhr.upload.onprogress = (e) => { if (e.lengthComputable && e.total) job.bar.value = e.loaded / e.total; };
-      xhr.onload = () => {
-        if (xhr.status >= 200 && xhr.status < 300) finish(true, xhr.status === 201 ? 'stored (new file)' : 'stored (replaced)');
-        else finish(false, 'refused (' + xhr.status + '): ' + errorMessage(xhr.status, xhr.responseText));
-        resolve();
-      };
-      // A server refusing early (e.g. too large) may close the connection before answering.
-      xhr.onerror = () => { finish(false, 'failed: the connection was closed (too large, or the node is down?)'); resolve(); };
-      xhr.send(job.file);
-    });
-  }
-
   function init() {
+    emit('init');
     window.addEventListener('hashchange', loadListing);
     $('refresh').addEventListener('click', loadListing);
-    $('pick').addEventListener('change', () => { state.pick = new Set(pickedNodes()); updateZipLinks(); });
-    $('upload-form').addEventListener('submit', startUpload);
     pollNodes();
     loadListing();
   }
 
-  // Pure helpers, exported for the tests.
-  window.wsgiStream = { encodePath, pathFromHash, hashFromPath, fileUrl, zipUrl, humanSize, fmtTime, errorMessage, el };
-  if ($('app')) init();
+  // Helpers for pick.js and upload.js, and pure ones for the tests.
+  window.wsgiStream = {
+    encodePath, pathFromHash, hashFromPath, fileUrl, zipUrl, joinPath, humanSize, fmtTime, errorMessage,
+    errorCode, el, $, state, hooks, absolute, urlAuth, request, getJSON, loadListing,
+  };
+  // Deferred scripts all run before DOMContentLoaded: pick.js and upload.js have hooked in by then.
+  // (A page that loaded already, such as the tests' blank one, only gets the helpers.)
+  if (document.readyState !== 'complete') document.addEventListener('DOMContentLoaded', () => { if ($('app')) init(); });
 })();
