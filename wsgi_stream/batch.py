@@ -102,10 +102,11 @@ class PeerFiles:
         self.peers, self.node, self.files, self.chunk_size = peers, node, files, chunk_size
         self.response: PeerResponse | None = None
         self.position: tuple[int, int] | None = None  # (file index, offset) the open stream is at
+        self.refused = False  # the peer does not take batches (an older version): one file at a time
 
     def start(self, index: int = 0, offset: int = 0) -> None:
         """Send the request for the files from `index` (at `offset`) now, so its bytes are on the way."""
-        if self.position == (index, offset) or index >= len(self.files):
+        if self.position == (index, offset) or index >= len(self.files) or self.refused:
             return
         self.close()
         files = [{"path": w.path, "etag": w.etag} for w in self.files[index:]]
@@ -121,6 +122,9 @@ class PeerFiles:
         if self.response.status != 200:
             status = self.response.status
             self.close()
+            self.refused = 400 <= status < 500
+            if self.refused:
+                log.warning("node %s answered %d to a batch: asking it for one file at a time", self.node, status)
             raise _Retry(f"node {self.node} answered {status} to a batch")
         self.position = (index, offset)
 
@@ -132,6 +136,8 @@ class PeerFiles:
                 self.position = (index + 1, 0)
             return
         try:
+            if self.refused:
+                raise _Retry("it takes no batches")
             if self.position != (index, offset):
                 self.start(index, offset)
             for data in self._take(wanted.size - offset):
@@ -140,8 +146,9 @@ class PeerFiles:
                 yield data
         except _Retry as exc:
             self.close()
-            log.warning("%s/%s: %s at byte %d; asking node %s for the rest of it alone", self.node,
-                        wanted.path, exc, offset, self.node)
+            if not self.refused:
+                log.warning("%s/%s: %s at byte %d; asking node %s for the rest of it alone", self.node,
+                            wanted.path, exc, offset, self.node)
             # Alone, with validators: a changed file is StreamBroken, a broken link is retried.
             yield from single_file(self.peers, self.node, wanted, offset, self.chunk_size)
         if self.position == (index, wanted.size):
