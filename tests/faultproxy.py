@@ -26,6 +26,10 @@ Modes, applied to each new connection (to the first `times` ones only, if set; l
 - "cut": forward, then close both sides once `cut_after` response bytes went to the client.
 - "cut_request": forward, then close both sides once `cut_after` request bytes went upstream.
 - "stall_after": forward `cut_after` response bytes, then forward nothing more, keeping both open.
+- "slow": forward, the request bytes at most `rate` bytes per second (a slow link to the node).
+- "hold": forward the request; hold the response back until `release()` (then it passes whole).
+
+`sent_up` counts the request bytes forwarded upstream over all connections.
 
 `proxy.latency = 0.02` (any mode) holds every piece of a request 20 ms before passing it on, so
 each round trip through the proxy takes that much longer, as between sites.
@@ -41,7 +45,7 @@ import struct
 import threading
 import time
 
-MODES = ("pass", "refuse", "stall", "cut", "cut_request", "stall_after")
+MODES = ("pass", "refuse", "stall", "cut", "cut_request", "stall_after", "slow", "hold")
 _BLOCK = 64 * 1024
 
 
@@ -90,7 +94,9 @@ class FaultProxy:
                  times: int | None = None, max_connections: int = 64):
         self.target = (target_host, target_port) if target_host else None
         self.max_connections = max_connections
-        self.mode, self.cut_after, self.times = "pass", 0, None
+        self.mode, self.cut_after, self.times, self.rate = "pass", 0, None, 0
+        self.released = threading.Event()
+        self.sent_up = 0
         self.latency = 0.0  # seconds added to every request piece passed upstream
         self.set(mode, cut_after=cut_after, times=times, drop=False)
         self.accepted = 0   # connections accepted since the last set()
@@ -117,16 +123,21 @@ class FaultProxy:
         with self._lock:
             return len(self._links)
 
-    def set(self, mode: str, *, cut_after: int = 0, times: int | None = None,
+    def set(self, mode: str, *, cut_after: int = 0, times: int | None = None, rate: int = 0,
             drop: bool = True) -> "FaultProxy":
         """Change the behaviour of new connections; `drop` closes the ones open now."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        self.mode, self.cut_after, self.times = mode, cut_after, times
+        self.mode, self.cut_after, self.times, self.rate = mode, cut_after, times, rate
+        self.released.clear()
         self.accepted = 0
         if drop:
             self.close_connections()
         return self
+
+    def release(self) -> None:
+        """Let the answers a "hold" connection kept back go on to the client."""
+        self.released.set()
 
     def close_connections(self) -> None:
         """Close every connection open through the proxy now."""
@@ -173,6 +184,7 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(client, mode, self.cut_after), daemon=True).start()
 
     def _serve(self, client: socket.socket, mode: str, limit: int) -> None:
+        rate = self.rate if mode == "slow" else 0
         if mode == "refuse":
             _reset(client)
             return
@@ -192,9 +204,9 @@ class FaultProxy:
                 return
             down = threading.Thread(target=self._pump, daemon=True, args=(
                 link, link.upstream, link.client, limit if mode in ("cut", "stall_after") else None,
-                "stall" if mode == "stall_after" else "cut"))
+                "stall" if mode == "stall_after" else "cut", 0, mode == "hold"))
             down.start()
-            self._pump(link, link.client, link.upstream, limit if mode == "cut_request" else None, "cut")
+            self._pump(link, link.client, link.upstream, limit if mode == "cut_request" else None, "cut", rate)
             down.join()
         finally:
             link.close()
@@ -211,12 +223,20 @@ class FaultProxy:
                 return
 
     def _pump(self, link: _Link, src: socket.socket, dst: socket.socket, limit: int | None,
-              action: str) -> None:
-        """Copy src to dst; at `limit` bytes cut the link or stall it."""
+              action: str, rate: int = 0, hold: bool = False) -> None:
+        """Copy src to dst; at `limit` bytes cut the link or stall it; at most `rate` bytes/s; `hold`: wait for release()."""
         sent = 0
+        started = time.monotonic()
         try:
             while True:
-                data = src.recv(_BLOCK)
+                data = src.recv(16384 if rate else _BLOCK)
+                if hold:
+                    while not (self.released.wait(0.1) or link.closed.is_set()):
+                        pass
+                if rate:
+                    ahead = started + (sent + len(data)) / rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
                 if not data:
                     if link.stalled or src is link.client:
                         # Client gone (or half-closed): nothing it still waits for can arrive.
@@ -239,6 +259,8 @@ class FaultProxy:
                     return
                 dst.sendall(data)
                 sent += len(data)
+                if src is link.client:
+                    self.sent_up += len(data)
         except OSError:
             link.close()
 

@@ -18,8 +18,10 @@ from .config import Config, load_config, local_node
 from .crc import CrcCache, cache_path_for, keep_in_file
 from .endpoints import HANDLERS, PUBLIC, URL_MAP, Services
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from .fanout import FanoutRegistry
 from .peers import PeerClient
 from .replies import Reply, error_reply, status_line
+from .stages import StageArea
 from .uploads import UploadLimits, check_enabled, check_size, closing, declared_length
 
 access_log = logging.getLogger("wsgi_stream.access")
@@ -63,7 +65,8 @@ class App:
         self.crcs = CrcCache()
         if config.keep_crcs:
             keep_in_file(self.crcs, cache_path_for(self.local.root))
-        self.services = Services(config, self.local, self.peers, UploadLimits.of(config), self.crcs)
+        self.services = Services(config, self.local, self.peers, UploadLimits.of(config), self.crcs,
+                                 StageArea(self.local, config.stage_expiry), FanoutRegistry())
 
     @property
     def name(self) -> str:

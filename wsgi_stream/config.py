@@ -50,6 +50,7 @@ class Config:
     keep_crcs: bool = False
     uploads: bool = False
     max_upload_size: int = 0
+    stage_expiry: float = 600.0
     source: str = field(default="<memory>", compare=False)
     # TLS to peers with https:// urls: the CA their certificates must be signed by (None: the
     # system's), and the certificate and key this node shows them when they ask (mutual TLS).
@@ -85,6 +86,7 @@ _CLUSTER_KEYS = {
     "keep_crcs": ((bool,), lambda v: True, "true or false"),
     "uploads": ((bool,), lambda v: True, "true or false"),
     "max_upload_size": ((int,), lambda v: v >= 0, "a number of bytes >= 0"),
+    "stage_expiry": ((int, float), lambda v: v > 0, "a positive number of seconds"),
 }
 _NODE_KEYS = ("url", "root")
 # [cluster] keys naming PEM files for TLS to peers, checked when the config is loaded.

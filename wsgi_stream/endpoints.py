@@ -17,7 +17,7 @@ from werkzeug.http import parse_etags
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
-from . import batch, listing, local, uploads
+from . import batch, fanout, listing, local, stages, uploads
 from .cluster import ClusterArchive, cluster_listing
 from .config import Config, LocalNode
 from .crc import CrcCache
@@ -43,6 +43,8 @@ class Services:
     peers: PeerClient
     limits: UploadLimits
     crcs: CrcCache
+    stages: stages.StageArea
+    fanouts: fanout.FanoutRegistry
 
 
 Handler = Callable[..., Reply]
@@ -179,6 +181,43 @@ def cluster_files(s: Services, request: Request, path: str) -> Reply:
 def cluster_list(s: Services, request: Request, path: str) -> Reply:
     """GET /cluster/list/{path}: the folder's listings of every selected node, merged by name."""
     return json_reply(cluster_listing(s.local, s.peers, path, nodes(request.args), parse_selection(request.args)))
+
+
+# -- fan-out: one upload to every node, staged then committed (issue 15) ------------------------------
+
+@route("/cluster/files/", "/cluster/files/<path:path>", methods=("PUT",), defaults={"path": ""})
+def cluster_put(s: Services, request: Request, path: str) -> Reply:
+    """PUT /cluster/files/{path}: the body once, to every selected node; one outcome line per node."""
+    uploads.check_enabled(s.limits, request.environ)
+    return fanout.put_cluster_file(s.stages, s.peers, s.limits, s.fanouts, request, clean_relpath(path),
+                                   nodes(request.args), fanout.mode_of(request.args), s.config.stage_expiry)
+
+
+@route("/cluster/uploads/<upload_id>")
+def cluster_upload(s: Services, request: Request, upload_id: str) -> Reply:
+    """GET /cluster/uploads/{id}: the progress of a fan-out this node runs (for the web page)."""
+    return json_reply(s.fanouts.get(upload_id).progress())
+
+
+@route("/stages/<stage_id>", methods=("GET", "PUT", "DELETE"))
+def stage(s: Services, request: Request, stage_id: str) -> Reply:
+    """GET/PUT/DELETE /stages/{id}: node-to-node: a stage's state, receive it, abort it."""
+    uploads.check_enabled(s.limits, request.environ)
+    if request.method == "PUT":
+        return json_reply(stages.put_stage(s.stages, s.limits, request, stage_id).public(s.local.name), 201)
+    if request.method == "DELETE":
+        s.stages.abort(stage_id)
+        return Reply(204, [])
+    return json_reply(s.stages.status(stage_id).public(s.local.name))
+
+
+@route("/stages/<stage_id>/commit", methods=("POST",))
+def stage_commit(s: Services, request: Request, stage_id: str) -> Reply:
+    """POST /stages/{id}/commit: node-to-node: put a stage in place if its size and sha-256 match."""
+    uploads.check_enabled(s.limits, request.environ)
+    size, sha256 = stages.commit_request(request.stream.read(4096))
+    record = s.stages.commit(stage_id, size, sha256)
+    return json_reply(record.public(s.local.name), headers=[("ETag", record.etag)])
 
 
 # -- shared by the handlers above ---------------------------------------------------------------------

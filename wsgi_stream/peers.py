@@ -91,6 +91,15 @@ def tls_failure(exc: BaseException | None) -> str | None:
     return None
 
 
+def never_sent(error: ApiError) -> bool:
+    """Whether a failed request never reached its peer (no connection was made): safe to call a no."""
+    cause = error.__cause__
+    if isinstance(cause, urllib3.exceptions.MaxRetryError) and cause.reason is not None:
+        cause = cause.reason
+    # NewConnectionError (refused, no route) subclasses ConnectTimeoutError in urllib3 2.
+    return isinstance(cause, ConnectTimeoutError)
+
+
 def status_failure(status: int, node: str) -> ApiError | None:
     """The 502 to answer instead of a peer's 401 or 5xx (not the client's business), else None."""
     if status == 401:
