@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import urllib3
 
@@ -205,8 +205,10 @@ class LocalStages:
     def __init__(self, area: StageArea):
         self.area = area
 
-    def stage(self, stage_id: str, rel: str, headers, length: int | None, channel: Channel) -> None:
-        self.area.stage(stage_id, rel, headers, length, iter(channel))
+    def stage(self, stage_id: str, rel: str, headers, length: int | None, channel: Channel,
+              sha256_of: Callable[[], str]) -> None:
+        # The blocks are the very objects the request thread hashed: no second sha-256 of them here.
+        self.area.stage(stage_id, rel, headers, length, iter(channel), sha256_of=sha256_of)
 
     def commit(self, stage_id: str, size: int, sha256: str) -> dict:
         record = self.area.commit(stage_id, size, sha256)
@@ -222,7 +224,9 @@ class PeerStages:
     def __init__(self, peers: PeerClient, name: str, limits: UploadLimits):
         self.peers, self.name, self.limits = peers, name, limits
 
-    def stage(self, stage_id: str, rel: str, headers, length: int | None, channel: Channel) -> None:
+    def stage(self, stage_id: str, rel: str, headers, length: int | None, channel: Channel,
+              sha256_of: Callable[[], str]) -> None:
+        """Stream the channel to the peer's stage; it hashes what it receives itself (`sha256_of` unused)."""
         sent_headers = preconditions_of(headers)
         if length is not None:
             sent_headers["Content-Length"] = str(length)
@@ -368,7 +372,7 @@ class Fanout:
     def _serve(self, target: Target) -> None:
         try:
             target.state = "staging"
-            target.backend.stage(self.id, self.rel, self.headers, self.length, target.channel)
+            target.backend.stage(self.id, self.rel, self.headers, self.length, target.channel, lambda: self.sha256)
             target.state = "staged"
         except Aborted:
             target.settle("unchanged", message=self._why())

@@ -40,7 +40,7 @@ import stat as stat_mod
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .config import LocalNode
 from .errors import ApiError, BadRequest, Conflict, NotFound
@@ -137,8 +137,12 @@ class StageArea:
     # -- the four operations -----------------------------------------------------------------------
 
     def stage(self, stage_id: str, rel: str, headers, length: int | None, blocks: Iterable[bytes],
-              digests: dict[str, bytes] | None = None) -> Record:
-        """Receive `blocks` as stage `stage_id` of `rel`: checked, fsynced, hidden, not yet in place."""
+              digests: dict[str, bytes] | None = None, sha256_of: Callable[[], str] | None = None) -> Record:
+        """Receive `blocks` as stage `stage_id` of `rel`: checked, fsynced, hidden, not yet in place.
+
+        `sha256_of`: the caller hashes these very blocks itself (the gateway's own copy) and gives
+        the hex digest once they are over; the stage does not hash them a second time.
+        """
         check_id(stage_id)
         self.sweep_now_and_then()
         if not rel:
@@ -148,7 +152,7 @@ class StageArea:
         record = Record(stage_id, rel, "", str(target.parent), preconditions=preconditions_of(headers))
         fd = self._create(record)
         try:
-            self._receive(fd, record, target, length, blocks, digests or {})
+            self._receive(fd, record, target, length, blocks, digests or {}, sha256_of)
         except BaseException:
             self._drop(record, fd)
             raise
@@ -311,7 +315,8 @@ class StageArea:
         self._ensure_timer()
         return fd
 
-    def _receive(self, fd: int, record: Record, target: Path, length: int | None, blocks, digests) -> None:
+    def _receive(self, fd: int, record: Record, target: Path, length: int | None, blocks, digests,
+                 sha256_of) -> None:
         root = self.local.root
         with _storage_errors(record.path):
             record.made = [os.path.relpath(p, os.path.realpath(root)) for p in make_parents(target.parent)]
@@ -320,14 +325,17 @@ class StageArea:
             if resolve(root, record.path) != target:  # a symlink appeared in what we just walked
                 raise Conflict("The path changed while it was being created.")
             _check_free_space(target.parent, length)
-            record.size, record.sha256 = self._write(target, record.id, blocks, digests)
+            record.size, record.sha256 = self._write(target, record.id, blocks, digests, sha256_of)
         if os.fstat(fd).st_nlink == 0:  # dropped while the body arrived
             raise no_such_stage(record.id)
         record.state = "staged"
         self._save(fd, record)
 
-    def _write(self, target: Path, stage_id: str, blocks, digests: dict[str, bytes]) -> tuple[int, str]:
+    def _write(self, target: Path, stage_id: str, blocks, digests: dict[str, bytes], sha256_of) -> tuple[int, str]:
         """Write the stage file: (size, sha-256 hex); 400 if a Content-Digest does not match."""
+        hashes = {name: DIGESTS[name]() for name in digests}
+        if sha256_of is None:
+            hashes.setdefault("sha-256", hashlib.sha256())
         dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             old = _stat_at(target.name, dir_fd)
@@ -336,19 +344,14 @@ class StageArea:
             try:
                 if old is not None and stat_mod.S_ISREG(old.st_mode):
                     os.fchmod(fd, stat_mod.S_IMODE(old.st_mode))  # a replaced file keeps its mode
-                hashes = {name: DIGESTS[name]() for name in digests}
-                sha256 = hashes.get("sha-256") or hashlib.sha256()
                 size = 0
                 for data in blocks:
-                    sha256.update(data)
-                    for name, h in hashes.items():
-                        if name != "sha-256":
-                            h.update(data)
+                    for h in hashes.values():
+                        h.update(data)
                     size += len(data)
                     view = memoryview(data)
                     while view:
                         view = view[os.write(fd, view):]
-                hashes["sha-256"] = sha256
                 for name, wanted in digests.items():
                     if hashes[name].digest() != wanted:
                         raise BadRequest(f"The body does not match its Content-Digest ({name}); nothing was "
@@ -358,7 +361,7 @@ class StageArea:
                 os.close(fd)
         finally:
             os.close(dir_fd)
-        return size, sha256.hexdigest()
+        return size, (hashes["sha-256"].hexdigest() if sha256_of is None else sha256_of())
 
     def _rename(self, record: Record) -> None:
         """Rename the stage file over its target, the preconditions checked again under the folder's lock."""

@@ -125,8 +125,10 @@ def cl(tmp_path_factory):
     cluster = support.start_cluster(tmp_path_factory.mktemp("fanout"), ("a", "b", "c", "d"), start=("a", "b", "c"),
                                     uploads=True, token=TOKEN, chunk_size=65536, max_upload_size=64 << 20)
     yield cluster
-    cluster.stop()
-    no_tracebacks(cluster)
+    try:
+        no_tracebacks(cluster)
+    finally:
+        cluster.stop()
 
 
 ABC = ("a", "b", "c")
