@@ -62,6 +62,10 @@ QUEUE_BLOCKS = 4
 PIECE = 64 * 1024
 # How long a finished fan-out's progress can still be asked for.
 KEEP_FINISHED = 120.0
+# Pauses before asking a node again for a commit whose answer was lost.
+COMMIT_RETRY_PAUSES = (0.2, 1.0, 3.0)
+# A peer's failure that leaves open whether a request took effect; stage_busy: a commit still runs.
+UNSETTLED = ("peer_unreachable", "peer_broken", "peer_timeout", "peer_error", "stage_busy")
 
 
 class Aborted(Exception):
@@ -121,6 +125,10 @@ def outcome(mode: str, lines: dict[str, dict], cause: str | None = None,
 
 def _names(names) -> str:
     return ", ".join(names)
+
+
+def _unsettled(error: ApiError) -> bool:
+    return error.code in UNSETTLED
 
 
 def render(document: dict) -> bytes:
@@ -326,8 +334,9 @@ class Fanout:
             self._decide("commit")  # a no-op once called off (or, best-effort, once decided)
             for target in self.targets:
                 target.thread.join()
+            self.finished = time.monotonic()
         status, self.result = self.report()
-        self.state, self.finished = "done", time.monotonic()
+        self.state = "done"
         return status, self.result
 
     def _feed(self, body: Iterable[bytes], digests: dict[str, bytes]) -> None:
@@ -406,18 +415,11 @@ class Fanout:
         try:
             result = target.backend.commit(self.id, self.size, self.sha256)
         except ApiError as error:
-            if error.code not in ("peer_unreachable", "peer_broken", "peer_timeout") or never_sent(error):
+            if not _unsettled(error) or never_sent(error):
                 target.fail("commit", error)
                 return
-            try:  # the answer was lost, not necessarily the commit: ask again (commits are idempotent)
-                result = target.backend.commit(self.id, self.size, self.sha256)
-            except ApiError as again:
-                if again.status < 500 and (again.code != "no_such_stage" or time.monotonic() - started < self.expiry):
-                    target.fail("commit", again)   # the stage is dropped, not committed
-                else:
-                    target.settle("unknown", error=error.code,
-                                  message=f"{error.message} It did not confirm its commit: it holds the old "
-                                          "or the new version.")
+            result = self._ask_again(target, error, started)
+            if result is None:
                 return
         target.settle("committed", created=bool(result.get("created")), etag=result.get("etag"))
         try:  # the answer is in: the node may forget the stage's record now
@@ -425,6 +427,27 @@ class Fanout:
         except ApiError as error:
             log.info("fan-out %s: node %s keeps its committed record until it expires: %s", self.id,
                      target.name, error.message)
+
+    def _ask_again(self, target: Target, first: ApiError, started: float) -> dict | None:
+        """A commit whose answer was lost, not necessarily the commit: ask again (commits are idempotent).
+
+        The commit's answer, or None once `target` is settled as failed (it surely did not commit)
+        or unknown (it may have).
+        """
+        for pause in COMMIT_RETRY_PAUSES:
+            time.sleep(pause)
+            try:
+                return target.backend.commit(self.id, self.size, self.sha256)
+            except ApiError as again:
+                if _unsettled(again):
+                    continue
+                if again.code == "no_such_stage" and time.monotonic() - started >= self.expiry:
+                    break  # committed and forgotten since, or dropped: cannot tell
+                target.fail("commit", again)  # a plain answer: the stage is gone uncommitted, or now refused
+                return None
+        target.settle("unknown", error=first.code,
+                      message=f"{first.message} It did not confirm its commit: it has the old or the new version.")
+        return None
 
     def _abort(self, target: Target) -> None:
         try:

@@ -297,3 +297,103 @@ def test_fanout_to_this_node_alone(tmp_path):
                 expect_errors=True)
     assert r.status_int == 400 and r.json["error"] == "digest_mismatch"
     assert app.get("/list/").json["entries"] == [{"name": "one", "path": "one", "type": "dir"}]
+
+
+# -- the coordinator, with fake nodes ------------------------------------------------------------------
+
+class FakeNode:
+    """A target that stages into memory; `stage_error`/`commit_errors` make it fail on purpose."""
+
+    def __init__(self, stage_error=None, commit_errors=()):
+        self.stage_error, self.commit_errors = stage_error, list(commit_errors)
+        self.received, self.calls = b"", []
+
+    def stage(self, stage_id, rel, headers, length, channel, sha256_of):
+        for block in channel:
+            self.received += block
+            if self.stage_error is not None and len(self.received) >= 2:
+                raise self.stage_error
+        self.calls.append("staged")
+
+    def commit(self, stage_id, size, sha256):
+        self.calls.append("commit")
+        assert size == len(self.received) and sha256 == hashlib.sha256(self.received).hexdigest()
+        if self.commit_errors:
+            raise self.commit_errors.pop(0)
+        return {"created": True, "etag": '"e"'}
+
+    def abort(self, stage_id):
+        self.calls.append("abort")
+
+
+def run_fanout(mode, nodes, body=(b"da", b"ta", b"!"), digests=None):
+    from wsgi_stream.fanout import Fanout, Target
+    fanout = Fanout("fake-0001", "f.bin", mode, [Target(n, node) for n, node in nodes.items()], {}, None, 600)
+    return fanout.run(iter(body), digests or {})
+
+
+PEER_DOWN = ApiError("Node b is unreachable.", status=502, code="peer_unreachable")
+BROKEN = ApiError("Node b broke off its answer.", status=502, code="peer_broken")
+
+
+@pytest.fixture(autouse=True)
+def no_retry_pauses(monkeypatch):
+    monkeypatch.setattr("wsgi_stream.fanout.COMMIT_RETRY_PAUSES", (0, 0, 0))
+
+
+def test_atomic_all_commit_then_forget():
+    nodes = {"a": FakeNode(), "b": FakeNode()}
+    status, doc = run_fanout("atomic", nodes)
+    assert status == 201 and doc["committed"] == ["a", "b"] and doc["size"] == 5
+    assert all(node.received == b"data!" and node.calls == ["staged", "commit", "abort"] for node in nodes.values())
+
+
+def test_atomic_one_stage_fails_calls_everything_off():
+    nodes = {"a": FakeNode(), "b": FakeNode(stage_error=PEER_DOWN), "c": FakeNode()}
+    status, doc = run_fanout("atomic", nodes)
+    assert (status, doc["error"], doc["outcome"]) == (502, "peer_unreachable", "unchanged")
+    assert doc["nodes"]["b"]["status"] == "failed" and doc["nodes"]["b"]["phase"] == "stage"
+    assert doc["nodes"]["a"] == {"status": "unchanged", "message": "Called off: node b failed."}
+    assert all("commit" not in node.calls for node in nodes.values())
+
+
+def test_best_effort_goes_on_without_the_failed_node():
+    nodes = {"a": FakeNode(), "b": FakeNode(stage_error=PEER_DOWN)}
+    status, doc = run_fanout("best-effort", nodes)
+    assert status == 207 and doc["committed"] == ["a"] and nodes["a"].received == b"data!"
+
+
+def test_the_last_block_is_held_until_the_digest_matched():
+    nodes = {"a": FakeNode()}
+    status, doc = run_fanout("atomic", nodes, digests={"sha-256": hashlib.sha256(b"other").digest()})
+    assert status == 400 and doc["error"] == "digest_mismatch"
+    received = nodes["a"].received
+    assert received != b"data!" and b"data!".startswith(received)  # never the whole body
+    assert doc["nodes"]["a"]["status"] == "unchanged" and doc["sha-256"] is None
+
+
+def test_a_cut_client_body_changes_nothing():
+    def body():
+        yield b"da"
+        raise BadRequest("The body ended after 2 of 10 bytes.", code="incomplete_body")
+
+    nodes = {"a": FakeNode(), "b": FakeNode()}
+    status, doc = run_fanout("best-effort", nodes, body=body())
+    assert status == 400 and doc["error"] == "incomplete_body"
+    assert all(line["status"] == "unchanged" for line in doc["nodes"].values())
+
+
+@pytest.mark.parametrize("errors, expected", [
+    ([BROKEN], "committed"),                                   # the answer was lost, the retry gets it
+    ([BROKEN, BROKEN, BROKEN, BROKEN], "unknown"),             # nothing ever comes back: cannot tell
+    ([BROKEN, ApiError("gone", status=404, code="no_such_stage")], "failed"),   # dropped, not committed
+    ([ApiError("x", status=412, code="precondition_failed")], "failed"),          # a plain no
+])
+def test_a_lost_commit_answer_is_asked_again(errors, expected):
+    nodes = {"a": FakeNode(), "b": FakeNode(commit_errors=errors)}
+    status, doc = run_fanout("atomic", nodes)
+    assert doc["nodes"]["b"]["status"] == expected
+    if expected == "committed":
+        assert status == 201
+    else:
+        assert (status, doc["error"], doc["committed"]) == (502, "partially_committed", ["a"])
