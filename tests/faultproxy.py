@@ -27,7 +27,7 @@ Modes, applied to each new connection (to the first `times` ones only, if set; l
 - "cut_request": forward, then close both sides once `cut_after` request bytes went upstream.
 - "stall_after": forward `cut_after` response bytes, then forward nothing more, keeping both open.
 - "slow": forward, the request bytes at most `rate` bytes per second (a slow link to the node).
-- "hold": forward the request; hold the response back until `release()` (then it passes whole).
+- "hold_answer": forward the request; hold the answer back until `release()` (then it passes whole).
 
 `sent_up` counts the request bytes forwarded upstream over all connections.
 
@@ -45,7 +45,7 @@ import struct
 import threading
 import time
 
-MODES = ("pass", "refuse", "stall", "cut", "cut_request", "stall_after", "slow", "hold")
+MODES = ("pass", "refuse", "stall", "cut", "cut_request", "stall_after", "slow", "hold_answer")
 _BLOCK = 64 * 1024
 
 
@@ -136,7 +136,7 @@ class FaultProxy:
         return self
 
     def release(self) -> None:
-        """Let the answers a "hold" connection kept back go on to the client."""
+        """Let the answers a "hold_answer" connection kept back go on to the client."""
         self.released.set()
 
     def close_connections(self) -> None:
@@ -204,7 +204,7 @@ class FaultProxy:
                 return
             down = threading.Thread(target=self._pump, daemon=True, args=(
                 link, link.upstream, link.client, limit if mode in ("cut", "stall_after") else None,
-                "stall" if mode == "stall_after" else "cut", 0, mode == "hold"))
+                "stall" if mode == "stall_after" else "cut", 0, mode == "hold_answer"))
             down.start()
             self._pump(link, link.client, link.upstream, limit if mode == "cut_request" else None, "cut", rate)
             down.join()

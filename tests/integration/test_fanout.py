@@ -360,7 +360,7 @@ def test_gateway_killed_between_stage_and_commit(cluster_factory):
                          stage_expiry=expiry) as (cluster, px):
         old = {n: b"old " + n.encode() for n in ABC}
         seed(cluster, "kill/f.bin", old)
-        px["c"].set("hold")  # c stages, but the gateway does not hear it: it waits before committing
+        px["c"].set("hold_answer")  # c stages, but the gateway does not hear it: it waits before committing
         thread, _ = background_fanout(cluster["a"], "kill/f.bin", os.urandom(2 << 20), query="?id=killed-gw")
         assert wait_for(lambda: all(stage_state(cluster[n], "killed-gw") == "staged" for n in ABC), 10)
         assert leftovers(cluster["b"].root)  # the staged copies exist, hidden
@@ -386,7 +386,7 @@ def test_commit_fails_after_others_committed(cluster_factory):
         old = {n: b"old " + n.encode() for n in ABC}
         seed(cluster, "partial.bin", old)
         data = os.urandom(1 << 20)
-        px["b"].set("hold")
+        px["b"].set("hold_answer")
         thread, result = background_fanout(cluster["a"], "partial.bin", data, query="?id=partial-1")
         assert wait_for(lambda: all(stage_state(cluster[n], "partial-1") == "staged" for n in ABC), 10)
         cluster["c"].proc.send_signal(signal.SIGKILL)  # c staged, and dies before its commit
