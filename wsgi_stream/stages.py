@@ -60,6 +60,8 @@ _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # At most one sweep per this many seconds on the request path.
 SWEEP_EVERY = 1.0
+# Seconds past its expiry before the sweeper removes a record a crash left unnamed.
+UNNAMED_GRACE = 60.0
 
 
 class StageBusy(Conflict):
@@ -165,11 +167,15 @@ class StageArea:
         """The record of stage `stage_id` (404 if there is none)."""
         check_id(stage_id)
         self.sweep_now_and_then()
-        try:
-            with open(self._record_path(stage_id), "rb") as f:
-                return self._load(f.read(), stage_id)
-        except FileNotFoundError:
-            raise no_such_stage(stage_id) from None
+        for attempt in range(3):
+            try:
+                with open(self._record_path(stage_id), "rb") as f:
+                    return self._load(f.read(), stage_id)
+            except FileNotFoundError:
+                raise no_such_stage(stage_id) from None
+            except NotFound:  # read while its holder rewrote it: read again
+                time.sleep(0.01)
+        raise no_such_stage(stage_id)
 
     def commit(self, stage_id: str, size: int, sha256: str) -> Record:
         """Put stage `stage_id` in place if it is the `size` bytes with sha-256 `sha256`; again: same answer."""
@@ -215,11 +221,12 @@ class StageArea:
         except FileNotFoundError:
             return 0
         for entry in entries:
-            if not entry.name.endswith(".json"):
-                if ".new-" in entry.name and entry.stat().st_mtime <= now:
-                    os.unlink(entry.path)  # a record a crash left unnamed
-                continue
             try:
+                if not entry.name.endswith(".json"):
+                    # A record a crash left unnamed; one being named now has a fresh or future mtime.
+                    if ".new-" in entry.name and entry.stat().st_mtime <= now - UNNAMED_GRACE:
+                        os.unlink(entry.path)
+                    continue
                 if entry.stat().st_mtime > now:
                     continue
                 with self._claimed(entry.name[:-5], missing_ok=True) as (fd, record):

@@ -178,6 +178,13 @@ def test_chunked_body_and_selected_nodes(cl):
     assert content(cl["a"], "chunked/f.bin") is None
 
 
+def test_names_with_query_characters_and_utf8(cl):
+    name = "ét é/a b&c=d+e%23f%3F;.txt"  # as the URL spells it: the file is "a b&c=d+e#f?;.txt"
+    status, doc = fanout(cl["a"], name, b"odd", query="?nodes=a,b,c")
+    assert status == 201 and doc["path"] == "ét é/a b&c=d+e#f?;.txt", doc
+    assert all(content(cl[n], "ét é/a b&c=d+e#f?;.txt") == b"odd" for n in ABC)
+
+
 def test_curl_push(cl, tmp_path):
     src = tmp_path / "app.conf"
     src.write_text("key = 1\n")

@@ -250,7 +250,7 @@ def test_sweep_drops_expired_stages_and_crash_leftovers(area):
     folder = root / STAGE_DIR
     (folder / "crashed-1.json").write_bytes(b"")          # a record cut short by a crash
     (folder / "crashed-2.new-abcd").write_bytes(b"{")     # one a crash left unnamed
-    past = time.time() - 1
+    past = time.time() - 61  # expired, and past the grace for unnamed records
     for name in ("crashed-1.json", "crashed-2.new-abcd"):
         os.utime(folder / name, (past, past))
     assert area.sweep() == 1
