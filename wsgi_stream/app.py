@@ -16,7 +16,7 @@ from werkzeug.wrappers import Request
 
 from .config import Config, load_config, local_node
 from .crc import CrcCache, cache_path_for, keep_in_file
-from .endpoints import HANDLERS, PUBLIC, URL_MAP, Services
+from .endpoints import HANDLERS, PUBLIC, TAKES_BODY, URL_MAP, Services
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from .fanout import FanoutRegistry
 from .peers import PeerClient
@@ -107,8 +107,14 @@ class App:
             if coding is not None and (environ.get("CONTENT_LENGTH", "").strip() or coding.strip().lower() != "chunked"):
                 # Two readings of where the body ends (request smuggling): refuse both (RFC 9112 §6.3).
                 raise BadRequest("Send Content-Length or Transfer-Encoding: chunked, not both.")
-            self._route(environ)
+            endpoint, _ = self._route(environ)
             method = environ.get("REQUEST_METHOD")
+            if endpoint in TAKES_BODY:  # a small JSON body (POST /batch, a stage's commit)
+                length = declared_length(environ)
+                if length is None or length > TAKES_BODY[endpoint]:
+                    raise PayloadTooLarge(f"This request's body must have a Content-Length of at most "
+                                          f"{TAKES_BODY[endpoint]} bytes.")
+                return None
             if method != "PUT":
                 raise PayloadTooLarge(f"A {method} request takes no body.")
             check_enabled(self.services.limits, environ)

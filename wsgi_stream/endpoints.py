@@ -52,10 +52,12 @@ RULES: list[Rule] = []
 HANDLERS: dict[str, Handler] = {}
 # Endpoints answered without the cluster token.
 PUBLIC: set[str] = set()
+# Endpoints other than PUTs that read a request body -> its largest size; any other body is refused.
+TAKES_BODY: dict[str, int] = {}
 
 
 def route(*paths: str, methods: tuple[str, ...] = ("GET",), public: bool = False,
-          defaults: dict | None = None):
+          defaults: dict | None = None, body: int = 0):
     """Register the decorated handler for `paths` (the first one gets `defaults`)."""
     def register(handler: Handler) -> Handler:
         name = handler.__name__
@@ -64,6 +66,8 @@ def route(*paths: str, methods: tuple[str, ...] = ("GET",), public: bool = False
         HANDLERS[name] = handler
         if public:
             PUBLIC.add(name)
+        if body:
+            TAKES_BODY[name] = body
         return handler
     return register
 
@@ -115,7 +119,7 @@ def static(s: Services, request: Request, name: str) -> Reply:
                        *validators], [data])
 
 
-@route("/batch", methods=("POST",))
+@route("/batch", methods=("POST",), body=batch.MAX_REQUEST_BYTES)
 def batch_files(s: Services, request: Request) -> Reply:
     """POST /batch: many of this node's files back to back, for a gateway building a cluster ZIP."""
     if (request.content_length or 0) > batch.MAX_REQUEST_BYTES:
@@ -211,11 +215,11 @@ def stage(s: Services, request: Request, stage_id: str) -> Reply:
     return json_reply(s.stages.status(stage_id).public(s.local.name))
 
 
-@route("/stages/<stage_id>/commit", methods=("POST",))
+@route("/stages/<stage_id>/commit", methods=("POST",), body=stages.COMMIT_BODY_MAX)
 def stage_commit(s: Services, request: Request, stage_id: str) -> Reply:
     """POST /stages/{id}/commit: node-to-node: put a stage in place if its size and sha-256 match."""
     uploads.check_enabled(s.limits, request.environ)
-    size, sha256 = stages.commit_request(request.stream.read(4096))
+    size, sha256 = stages.commit_request(request.stream.read(stages.COMMIT_BODY_MAX))
     record = s.stages.commit(stage_id, size, sha256)
     return json_reply(record.public(s.local.name), headers=[("ETag", record.etag)])
 

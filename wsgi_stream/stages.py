@@ -58,6 +58,8 @@ STAGE_FILE = TEMP_PREFIX + "stage-"
 PRECONDITIONS = ("If-Match", "If-None-Match", "If-Unmodified-Since")
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# The largest commit body read: {"size": n, "sha-256": "..."} is about 100 bytes.
+COMMIT_BODY_MAX = 4096
 # At most one sweep per this many seconds on the request path.
 SWEEP_EVERY = 1.0
 # Seconds past its expiry before the sweeper removes a record a crash left unnamed.

@@ -53,9 +53,17 @@ def content(node, path: str) -> bytes | None:
     return p.read_bytes() if p.exists() else None
 
 
+SPOOL = TEMP_PREFIX + "spool"  # the server's folder for request bodies (not a stage's)
+
+
 def leftovers(root: Path) -> list[str]:
     """Every stage file, stage record or upload temp file under `root`."""
-    return [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files if n.startswith(TEMP_PREFIX)]
+    found = []
+    for d, dirs, files in os.walk(root):
+        if d == str(root) and SPOOL in dirs:
+            dirs.remove(SPOOL)
+        found += [os.path.join(d, n) for n in dirs + files if n.startswith(TEMP_PREFIX)]
+    return found
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:
