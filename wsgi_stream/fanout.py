@@ -45,13 +45,13 @@ from typing import Callable, Iterable, Iterator
 
 import urllib3
 
-from .errors import ApiError, BadRequest, Conflict, NotFound
+from .errors import ApiError, BadRequest, Conflict, IncompleteBody, NotFound
 from .forward import peer_read_timeout
 from .peers import PeerClient, never_sent, quote_path
 from .replies import Reply
 from .stages import StageArea, check_id, preconditions_of
-from .uploads import (DIGESTS, RequestBody, UploadLimits, check_size, closing, declared_length,
-                      must_close, wanted_digests)
+from .uploads import (DIGESTS, SPOOLED_BODY, RequestBody, UploadLimits, check_size, closing,
+                      declared_length, must_close, wanted_digests)
 
 log = logging.getLogger("wsgi_stream.fanout")
 
@@ -207,16 +207,39 @@ def _pieces(channel: Channel, sent: list[int]) -> Iterator[memoryview]:
 
 # -- where a target's copy goes: this node's StageArea, or a peer's stage API ------------------------
 
+class SpooledChannel:
+    """The gateway's own copy of a body its server spooled whole on this disk.
+
+    The stage links that file in (StageArea, as uploads.store does) rather than writing the blocks
+    again; it still takes every block from the channel, to keep pace with the other nodes and to
+    learn that the body is complete and matched its digest (or raise Aborted).
+    """
+
+    def __init__(self, channel: Channel, environ: dict):
+        self.channel, self.environ = channel, environ
+
+    def take(self, size: int) -> None:
+        """Wait for the body's end through the channel; it must be the `size` bytes linked in."""
+        taken = sum(len(block) for block in self.channel)
+        if taken != size:
+            raise IncompleteBody(f"The spooled body has {size} bytes, the request's {taken}.")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.channel)
+
+
 class LocalStages:
     """The gateway's own copy: the same stage/commit/abort as a peer's, without HTTP."""
 
-    def __init__(self, area: StageArea):
+    def __init__(self, area: StageArea, environ: dict):
         self.area = area
+        self.spooled = environ if SPOOLED_BODY in environ else None
 
     def stage(self, stage_id: str, rel: str, headers, length: int | None, channel: Channel,
               sha256_of: Callable[[], str]) -> None:
         # The blocks are the very objects the request thread hashed: no second sha-256 of them here.
-        self.area.stage(stage_id, rel, headers, length, iter(channel), sha256_of=sha256_of)
+        blocks = SpooledChannel(channel, self.spooled) if self.spooled is not None else iter(channel)
+        self.area.stage(stage_id, rel, headers, length, blocks, sha256_of=sha256_of)
 
     def commit(self, stage_id: str, size: int, sha256: str) -> dict:
         record = self.area.commit(stage_id, size, sha256)
@@ -532,8 +555,8 @@ def put_cluster_file(area: StageArea, peers: PeerClient, limits: UploadLimits, r
         length = declared_length(environ)
         check_size(length, limits.max_size)
         digests = wanted_digests(request.headers.get("Content-Digest"))
-        targets = [Target(name, LocalStages(area) if name == area.local.name else PeerStages(peers, name, limits))
-                   for name in names]
+        targets = [Target(name, LocalStages(area, environ) if name == area.local.name
+                          else PeerStages(peers, name, limits)) for name in names]
         fanout = Fanout(stage_id, rel, mode, targets, request.headers, length, expiry)
         registry.add(fanout)
         body = RequestBody(environ, length, limits)

@@ -46,9 +46,9 @@ from .config import LocalNode
 from .errors import ApiError, BadRequest, Conflict, NotFound
 from .local import file_etag
 from .paths import TEMP_PREFIX, clean_relpath, resolve
-from .uploads import (DIGESTS, RequestBody, UploadLimits, _check_free_space, _fsync_dirs, _locked,
-                      _stat_at, _stat_or_none, _storage_errors, check_replace, check_size, closing,
-                      declared_length, make_parents, remove_dirs, wanted_digests)
+from .uploads import (DIGESTS, RequestBody, UploadLimits, _adopt, _check_free_space, _fsync_dirs,
+                      _locked, _stat_at, _stat_or_none, _storage_errors, check_replace, check_size,
+                      closing, declared_length, make_parents, remove_dirs, wanted_digests)
 
 log = logging.getLogger("wsgi_stream.stages")
 
@@ -341,26 +341,31 @@ class StageArea:
         self._save(fd, record)
 
     def _write(self, target: Path, stage_id: str, blocks, digests: dict[str, bytes], sha256_of) -> tuple[int, str]:
-        """Write the stage file: (size, sha-256 hex); 400 if a Content-Digest does not match."""
+        """Write the stage file: (size, sha-256 hex); 400 if a Content-Digest does not match.
+
+        A body the server spooled whole on this file system is linked in instead of copied (as
+        uploads.store does), then read once for its digests.
+        """
         hashes = {name: DIGESTS[name]() for name in digests}
         if sha256_of is None:
             hashes.setdefault("sha-256", hashlib.sha256())
         dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             old = _stat_at(target.name, dir_fd)
-            fd = os.open(STAGE_FILE + stage_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666,
-                         dir_fd=dir_fd)
+            fd = _adopt(blocks, STAGE_FILE + stage_id, dir_fd)
+            adopted = fd is not None
+            if not adopted:
+                fd = os.open(STAGE_FILE + stage_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666,
+                             dir_fd=dir_fd)
             try:
                 if old is not None and stat_mod.S_ISREG(old.st_mode):
                     os.fchmod(fd, stat_mod.S_IMODE(old.st_mode))  # a replaced file keeps its mode
-                size = 0
-                for data in blocks:
-                    for h in hashes.values():
-                        h.update(data)
-                    size += len(data)
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
+                if adopted:
+                    size = os.fstat(fd).st_size
+                    blocks.take(size)
+                    _hash_file(fd, hashes.values(), self.local.chunk_size)
+                else:
+                    size = _write_blocks(fd, blocks, hashes.values())
                 for name, wanted in digests.items():
                     if hashes[name].digest() != wanted:
                         raise BadRequest(f"The body does not match its Content-Digest ({name}); nothing was "
@@ -464,6 +469,28 @@ class StageArea:
             os.fsync(fd)
             _fsync_dirs([self.folder])
 
+
+
+def _write_blocks(fd: int, blocks, hashes) -> int:
+    """Write `blocks` to `fd`, feeding `hashes`: the number of bytes."""
+    size = 0
+    for data in blocks:
+        for h in hashes:
+            h.update(data)
+        size += len(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    return size
+
+
+def _hash_file(fd: int, hashes, block: int) -> None:
+    """Feed the whole file `fd` to `hashes` (read only if there is one)."""
+    offset = 0
+    while hashes and (data := os.pread(fd, block, offset)):
+        for h in hashes:
+            h.update(data)
+        offset += len(data)
 
 
 # -- the node-to-node endpoints' work -----------------------------------------------------------------
