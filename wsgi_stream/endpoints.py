@@ -169,7 +169,7 @@ def api_nodes(s: Services, request: Request) -> Reply:
               for h in s.peers.each(s.peers.health, names, budget=2 * HEALTH_TIMEOUT)]
     nodes = [{"name": name, "url": s.config.nodes[name].url, "status": status, "message": message}
              for name, (status, message) in zip(names, health)]
-    return json_reply({"self": s.local.name, "uploads": s.config.uploads, "nodes": nodes})
+    return json_reply({"self": s.local.name, "uploads": s.config.uploads, "fanout": s.config.uploads, "nodes": nodes})
 
 
 @route("/cluster/files/", "/cluster/files/<path:path>", methods=("GET", "HEAD"), defaults={"path": ""})

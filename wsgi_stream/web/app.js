@@ -107,8 +107,7 @@
       state.self = data.self || '';
       state.nodes = data.nodes || [];
       state.uploads = data.uploads === true;
-      if (state.uploads && data.fanout !== undefined) state.fanout = data.fanout === true;
-      else if (state.uploads && !state.fanoutProbed) await probeFanout();
+      state.fanout = state.uploads && data.fanout === true;
       $('nodes-error').hidden = true;
     } catch (e) {
       if (e.status === 404 || e.status === 501) state.apiNodes = false; // older server: names come from the listing
@@ -116,19 +115,6 @@
     }
     renderNodes();
     setTimeout(pollNodes, POLL_MS);
-  }
-
-  // A node with fan-out knows GET /cluster/uploads/{id} and says no_such_upload for an unknown id;
-  // one without it has no such route (not_found).
-  async function probeFanout() {
-    try {
-      await request('/cluster/uploads/web-page-probe');
-      state.fanoutProbed = true;
-    } catch (e) {
-      if (!e.status) return; // no answer at all: ask again at the next poll
-      state.fanoutProbed = true;
-      state.fanout = e.code === 'no_such_upload';
-    }
   }
 
   let shownNames = null;
