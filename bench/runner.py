@@ -16,9 +16,10 @@ Theory of operation (why the numbers reproduce on a busy machine):
      run minutes apart at most and no system is always first or last;
   3. every comparison is made *per round* (row's MB/s in round r / reference's in round r)
      and reported as median (min-max); so are CPU s/GiB;
-  4. a target gets a verdict only with at least MIN_ROUNDS rounds and when the min-max
-     spread of the per-round values is no wider than the margin between their median and
-     the target; otherwise it says "no verdict: spread wider than margin";
+  4. a target gets a verdict only with at least MIN_ROUNDS rounds and when the spread of the
+     per-round values toward the target is no wider than the margin between their median and
+     the target: every round on the same side of it ("yes" or "NO"); otherwise it says
+     "no verdict: spread wider than margin";
   5. the 1-minute load average and how busy the CPUs were just before each round are
      recorded with the batch, and everything goes to bench/results/<bench>-<date>.json
      (bench/report.py makes README's headline table from such files).
@@ -141,11 +142,12 @@ def judge(values: list[float], op: str, target: float, rounds: int) -> str:
         return "n/a"
     if rounds < MIN_ROUNDS:
         return f"no verdict: {rounds} rounds, need {MIN_ROUNDS}"
-    s = m.summary(values)
-    if s["max"] - s["min"] > abs(s["median"] - target):
-        return NO_VERDICT_SPREAD
-    met = s["median"] >= target if op == ">=" else s["median"] <= target
-    return "yes" if met else "NO"
+    met = [v >= target if op == ">=" else v <= target for v in values]
+    if all(met):
+        return "yes"
+    if not any(met):
+        return "NO"
+    return NO_VERDICT_SPREAD  # some rounds on each side of the target: the spread crosses it
 
 
 def _per_round(rec: dict, metric: str) -> list:
