@@ -90,7 +90,7 @@ def _folder(root: Path, rel: str) -> Path:
     try:
         st = os.stat(directory)
     except OSError as exc:
-        raise read_error(exc, "folder") from None
+        raise read_error(exc, "directory") from None
     if not stat_mod.S_ISDIR(st.st_mode):
         raise NotFound("No such directory.")
     return directory
@@ -104,7 +104,7 @@ def scan(root: Path, rel: str) -> tuple[list[dict], list[dict]]:
     try:
         items = list(os.scandir(directory))
     except OSError as exc:
-        raise read_error(exc, "folder") from None
+        raise read_error(exc, "directory") from None
     entries, skipped = [], []
     for item in items:
         path = f"{rel}/{item.name}" if rel else item.name
@@ -139,7 +139,7 @@ def walk(root: Path, rel: str, crcs: CrcCache | None = None) -> tuple[list[dict]
 
     def unreadable(exc: OSError) -> None:
         if exc.filename == os.fspath(directory):
-            raise read_error(exc, "folder")
+            raise read_error(exc, "directory")
         name = os.path.basename(exc.filename)
         skipped.append(_skip(name, inner(os.path.dirname(exc.filename), name),
                              f"a folder this node cannot read: {exc.strerror}"))

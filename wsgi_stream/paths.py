@@ -56,7 +56,7 @@ class BadName(BadRequest):
     code = "bad_name"
 
 
-# errno -> (error class, message) when reading; {what} is "file" or "folder".
+# errno -> (error class, message) when reading; {what} is "file" or "directory".
 _READ_ERRORS = {
     errno.ENOENT: (NotFound, "No such {what}."),
     errno.ENOTDIR: (NotFound, "No such {what}."),
@@ -72,7 +72,7 @@ _READ_ERRORS = {
 
 
 def read_error(exc: OSError, what: str = "file") -> ApiError:
-    """The answer to an OSError met while opening or listing a path (`what`: "file" or "folder")."""
+    """The answer to an OSError met while opening or listing a path (`what`: "file" or "directory")."""
     known = _READ_ERRORS.get(exc.errno)
     if known is None:  # EIO and the like: the disk, not the name; still JSON, still no traceback
         return ApiError(f"This node could not read that {what}: {exc.strerror or exc}.", code="io_error")

@@ -89,7 +89,7 @@ def test_no_disk_holds_these_names(path):
     (errno.EIO, 500, "io_error"),
 ])
 def test_read_error(code, status, error):
-    answer = read_error(OSError(code, os.strerror(code)), "folder")
+    answer = read_error(OSError(code, os.strerror(code)), "directory")
     assert (answer.status, answer.code) == (status, error)
     assert answer.message
 
@@ -239,7 +239,7 @@ def test_an_unreadable_folder_is_403_json(app, monkeypatch):
     client, root = app
     monkeypatch.setattr(os, "scandir", _denied(os.scandir, "dir"))
     r = client.get("/list/dir", status=403)
-    assert r.json == {"error": "not_readable", "message": "This node may not read that folder."}
+    assert r.json == {"error": "not_readable", "message": "This node may not read that directory."}
     r = client.get("/list/dir?recursive=1", status=403)
     assert r.json["error"] == "not_readable"
 
@@ -281,3 +281,13 @@ def test_a_first_member_failing_at_stream_start_is_a_json_502(app, monkeypatch):
     r = client.get("/cluster/files/dir", status=502)
     assert r.content_type == "application/json"
     assert r.json["error"] == "nodes_failed" and "a/dir/first.bin disappeared" in r.json["message"]
+
+
+def test_a_name_that_is_not_utf8_is_skipped_with_its_bytes_shown(app):
+    client, root = app
+    with open(os.fsencode(root / "dir") + b"/bad\xff.txt", "wb") as f:
+        f.write(b"x")
+    for path in ("/list/dir", "/list/dir?recursive=1"):
+        doc = client.get(path).json
+        assert {"name": "bad\\xff.txt", "path": "dir/bad\\xff.txt", "reason": "name is not valid UTF-8"} \
+            in doc["skipped"]
