@@ -268,19 +268,19 @@ def test_an_unreadable_file_is_403_and_left_out_of_plans(app, monkeypatch):
     assert errors == [{"name": "dir/first.bin", "message": "left out: a file this node may not read"}]
 
 
-def test_a_first_member_failing_at_stream_start_is_a_json_502(app, monkeypatch):
+def test_a_first_member_failing_at_stream_start_is_json(app, monkeypatch):
     client, root = app
     real = cluster.plan_local
 
-    def plan_then_vanish(here, rel):
-        result = real(here, rel)
+    def plan_then_vanish(*args, **kwargs):
+        result = real(*args, **kwargs)
         (root / "dir" / "first.bin").unlink()
         return result
 
     monkeypatch.setattr(cluster, "plan_local", plan_then_vanish)
-    r = client.get("/cluster/files/dir", status=502)
+    r = client.get("/cluster/files/dir", status=503)
     assert r.content_type == "application/json"
-    assert r.json["error"] == "nodes_failed" and "a/dir/first.bin disappeared" in r.json["message"]
+    assert r.json["error"] == "archive_not_started" and "a/dir/first.bin disappeared" in r.json["message"]
 
 
 def test_a_name_that_is_not_utf8_is_skipped_with_its_bytes_shown(app):
