@@ -194,7 +194,8 @@ def cluster_list(s: Services, request: Request, path: str) -> Reply:
 def cluster_put(s: Services, request: Request, path: str) -> Reply:
     """PUT /cluster/files/{path}: the body once, to every selected node; one outcome line per node."""
     uploads.check_enabled(s.limits, request.environ)
-    return fanout.put_cluster_file(s.stages, s.peers, s.limits, s.fanouts, request, clean_relpath(path),
+    rel = upload_relpath(path) if path else ""
+    return fanout.put_cluster_file(s.stages, s.peers, s.limits, s.fanouts, request, rel,
                                    nodes(request.args), fanout.mode_of(request.args), s.config.stage_expiry)
 
 
