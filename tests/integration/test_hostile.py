@@ -168,6 +168,8 @@ def test_a_put_never_writes_through_a_symlink(cl):
         json_error(r, 409, "symlink")
     r = support.http("PUT", f"{cl['b'].url}/nodes/a/files/link.txt", body=b"replaced", timeout=10)
     json_error(r, 409, "symlink")
+    r = support.http("PUT", f"{a.url}/cluster/files/link.txt", body=b"replaced", timeout=10)  # fan-out
+    assert r.status == 409 and r.json()["nodes"]["a"]["error"] == "symlink", r.data
     assert (a.root / "target.txt").read_bytes() == b"original"
     assert os.readlink(a.root / "link.txt") == "target.txt"
     assert list((a.root / "real").iterdir()) == []
@@ -177,7 +179,8 @@ def test_a_put_never_writes_through_a_symlink(cl):
 
 def test_a_put_to_a_path_ending_in_slash_is_400(cl):
     a = cl["a"]
-    for path in ("/files/newdir/", "/files/newdir/.", "/nodes/b/files/newdir/", "/nodes/a/files/newdir/"):
+    for path in ("/files/newdir/", "/files/newdir/.", "/nodes/b/files/newdir/", "/nodes/a/files/newdir/",
+                 "/cluster/files/newdir/"):
         r = support.http("PUT", a.url + path, body=b"data", timeout=10)
         json_error(r, 400, "trailing_slash")
     assert not (a.root / "newdir").exists() and not (cl["b"].root / "newdir").exists()
