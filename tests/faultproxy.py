@@ -23,6 +23,7 @@ Modes, applied to each new connection (to the first `times` ones only, if set; l
 - "refuse": accept, then reset at once (RST): the client's request fails like a dead peer.
   (For a real ECONNREFUSED, point the URL at `support.free_port()` with nothing listening.)
 - "stall": accept and never answer (the request is read and dropped).
+- "hold": accept and never read: a hung peer, whose client's sends block once the buffers fill.
 - "cut": forward, then close both sides once `cut_after` response bytes went to the client.
 - "cut_request": forward, then close both sides once `cut_after` request bytes went upstream.
 - "stall_after": forward `cut_after` response bytes, then forward nothing more, keeping both open.
@@ -45,7 +46,7 @@ import struct
 import threading
 import time
 
-MODES = ("pass", "refuse", "stall", "cut", "cut_request", "stall_after", "slow", "hold_answer")
+MODES = ("pass", "refuse", "stall", "hold", "cut", "cut_request", "stall_after", "slow", "hold_answer")
 _BLOCK = 64 * 1024
 
 
@@ -194,6 +195,9 @@ class FaultProxy:
         try:
             if mode == "stall":
                 self._drain(link)
+                return
+            if mode == "hold":
+                link.closed.wait()
                 return
             try:
                 link.upstream = socket.create_connection(self.target, timeout=5)

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
-from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request
 
@@ -19,6 +19,7 @@ from .crc import CrcCache, cache_path_for, keep_in_file
 from .endpoints import HANDLERS, PUBLIC, TAKES_BODY, URL_MAP, Services
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from .fanout import FanoutRegistry
+from .logtext import log_safe
 from .peers import PeerClient
 from .replies import Reply, error_reply, status_line
 from .stages import StageArea
@@ -81,19 +82,28 @@ class App:
         return token_matches(self.config.token, environ.get("HTTP_AUTHORIZATION", ""))
 
     def _route(self, environ: dict) -> tuple[str, dict]:
-        """The request's endpoint and values, its token checked: ApiError or RequestRedirect otherwise."""
-        adapter = URL_MAP.bind_to_environ(environ)
+        """The request's endpoint and values, its token checked: ApiError or RequestRedirect otherwise.
+
+        The token is checked before anything about the route is told: without it, an unknown path,
+        a wrong method and a protected route all get the same 401 (only public routes answer).
+        """
         try:
-            endpoint, values = adapter.match()
-        except RouteNotFound:
-            raise NotFound("No such endpoint.") from None
-        except RouteMethodNotAllowed as exc:
-            allow = ", ".join(sorted(exc.valid_methods or []))
-            raise MethodNotAllowed(f"{environ.get('REQUEST_METHOD')} is not allowed here.",
-                                   headers=[("Allow", allow)]) from None
+            endpoint, values = URL_MAP.bind_to_environ(environ).match()
+        except HTTPException as exc:  # 404, 405 or a redirect: told only to a client with the token
+            endpoint, values, miss = None, {}, exc
+        else:
+            miss = None
         if endpoint not in PUBLIC and not self.authorized(environ):
             raise Unauthorized("This cluster needs its token.",
                                headers=[("WWW-Authenticate", 'Basic realm="wsgi_stream"')])
+        if isinstance(miss, RequestRedirect):
+            raise miss
+        if isinstance(miss, RouteMethodNotAllowed):
+            allow = ", ".join(sorted(miss.valid_methods or []))
+            raise MethodNotAllowed(f"{environ.get('REQUEST_METHOD')} is not allowed here.",
+                                   headers=[("Allow", allow)])
+        if miss is not None:
+            raise NotFound("No such endpoint.")
         return endpoint, values
 
     def check_head(self, environ: dict) -> Reply | None:
@@ -141,8 +151,8 @@ class App:
         except ApiError as error:
             return error_reply(error)
         except Exception:
-            log.exception("unexpected error answering %s %s", environ.get("REQUEST_METHOD"),
-                          environ.get("PATH_INFO"))
+            log.exception("unexpected error answering %s %s", log_safe(environ.get("REQUEST_METHOD", "-")),
+                          log_safe(environ.get("PATH_INFO", "")))
             return error_reply(ApiError("The server hit an unexpected error; see its log.",
                                         code="internal_error"))
 
@@ -168,7 +178,7 @@ def _close(body) -> None:
 
 
 class _AccessLogEntry:
-    """One line per finished request: remote, method, path, status, bytes, seconds."""
+    """One line per finished request: remote, method, path, status, bytes, seconds; never two lines."""
 
     def __init__(self, environ: dict, status: int, started: float):
         self.environ, self.status, self.started = environ, status, started
@@ -176,11 +186,12 @@ class _AccessLogEntry:
     def finish(self, sent: int, note: str = "") -> None:
         env = self.environ
         # PEP 3333 hands PATH_INFO over as latin-1 decoded bytes; show the UTF-8 name a user typed.
-        path = env.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
+        path = env.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "surrogateescape")
         if env.get("QUERY_STRING"):
             path += "?" + env["QUERY_STRING"]
-        access_log.info('%s "%s %s" %d %d %.3fs%s', env.get("REMOTE_ADDR", "-"), env.get("REQUEST_METHOD"),
-                        path, self.status, sent, time.monotonic() - self.started, note)
+        access_log.info('%s "%s %s" %d %d %.3fs%s', log_safe(env.get("REMOTE_ADDR", "-")),
+                        log_safe(env.get("REQUEST_METHOD", "-")), log_safe(path), self.status, sent,
+                        time.monotonic() - self.started, log_safe(note))
 
 
 class _LoggedBody:

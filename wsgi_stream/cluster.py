@@ -25,9 +25,10 @@ from . import listing, local
 from .config import LocalNode
 from .crc import CrcCache, RunningCrc, crc32
 from .errors import ApiError, BadGateway, NotFound, RangeNotSatisfiable, StreamBroken
-from .paths import clean_relpath, resolve
+from .paths import clean_relpath, read_error, resolve
 from .batch import PeerFiles, Wanted, single_file
 from .peers import PeerClient, TooSlow, quote_path
+from .portable import check_segments, portable_path
 from .selection import Selection, below, pick_entries
 from .replies import status_line, wsgi_error
 from .zipfmt import Member, ZipLayout, check_name
@@ -50,8 +51,14 @@ class FileItem:
     crc: int | None = None  # CRC-32 when the node already knew it
 
     @property
-    def member(self) -> str:
+    def original(self) -> str:
+        """`{node}/{path}`: the name as the node has it."""
         return f"{self.node}/{self.path}"
+
+    @property
+    def member(self) -> str:
+        """Its name in the archive: the original, made portable (see portable.py)."""
+        return portable_path(self.original)
 
 
 @dataclass
@@ -63,6 +70,7 @@ class NodeResult:
     message: str | None = None
     files: list[FileItem] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)  # entries left out: {"name", "message"}
+    code: str | None = None  # why a `missing` node cannot have the path (name_too_long), if not plain 404
 
     @property
     def failed(self) -> bool:
@@ -102,7 +110,7 @@ def _crc(value) -> int | None:
 
 def _collect(result: NodeResult, entries: Iterable, prefix: str, selection: Selection = EVERYTHING) -> NodeResult:
     """Keep the entries that are usable files with safe names and `selection` picks; report bad ones."""
-    seen = set()
+    seen, members = set(), {}
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("type", "file") != "file":
             continue
@@ -110,17 +118,20 @@ def _collect(result: NodeResult, entries: Iterable, prefix: str, selection: Sele
         try:
             if not isinstance(path, str) or not (path == prefix or path.startswith(prefix + "/") or not prefix):
                 raise ValueError("not under the requested path")
-            check_name(f"{result.node}/{path}")
+            member = check_name(portable_path(f"{result.node}/{path}"))
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ValueError("no valid size")
             if not _strong_etag(etag):
                 raise ValueError("no strong ETag")
             if path in seen:
                 raise ValueError("listed twice")
+            if member in members:
+                raise ValueError(f"its portable name {member!r} is that of {members[member]!r}")
         except ValueError as exc:
             result.errors.append({"name": _printable(path), "message": f"left out: {exc}"})
             continue
         seen.add(path)
+        members[member] = path
         ok_mtime = isinstance(mtime, (int, float)) and not isinstance(mtime, bool)
         if not selection.picks(below(path, prefix), size, float(mtime) if ok_mtime else None):
             continue
@@ -130,25 +141,50 @@ def _collect(result: NodeResult, entries: Iterable, prefix: str, selection: Sele
     return result
 
 
+def _refused(node: str, error: ApiError) -> NodeResult:
+    """A node's 4xx about the path: `missing` when the path cannot be there (404, 400), else `error`."""
+    if error.status == 404:
+        return NodeResult(node, "missing", "No such file or directory.")
+    if error.status == 400:
+        return NodeResult(node, "missing", error.message, code=error.code)
+    return NodeResult(node, "error", error.message)
+
+
+def _skipped(result: NodeResult, skipped) -> NodeResult:
+    """Report what a node's listing skipped (a FIFO, an unreadable file...) as left out."""
+    for entry in skipped if isinstance(skipped, list) else []:
+        if isinstance(entry, dict):
+            result.errors.append({"name": _printable(entry.get("path")),
+                                  "message": f"left out: {_printable(entry.get('reason'))}"})
+    return result
+
+
 def plan_local(here: LocalNode, rel: str, selection: Selection = EVERYTHING, crcs: CrcCache | None = None) -> NodeResult:
     """What this node has under `rel`, from its disk."""
     result = NodeResult(here.name, "ok")
     try:
         target = resolve(here.root, rel)
-        st = os.stat(target)
-    except (NotFound, FileNotFoundError, NotADirectoryError):
-        return NodeResult(here.name, "missing", "No such file or directory.")
-    if stat_mod.S_ISDIR(st.st_mode):
-        return _collect(result, listing.walk_files(here.root, rel, crcs), rel, selection)
+        try:
+            st = os.stat(target)
+        except OSError as exc:
+            raise read_error(exc, "file") from None
+        if stat_mod.S_ISDIR(st.st_mode):
+            files, skipped = listing.walk(here.root, rel, crcs)
+            return _skipped(_collect(result, files, rel, selection), skipped)
+    except ApiError as exc:
+        return _refused(here.name, exc)
     if not stat_mod.S_ISREG(st.st_mode):
-        return NodeResult(here.name, "missing", "No such file or directory.")
+        return _skipped(result, [{"path": rel, "reason": f"{listing.kind_of(st.st_mode)}: only regular "
+                                                          "files are served"}])
+    if not os.access(target, os.R_OK):
+        return _skipped(result, [{"path": rel, "reason": "a file this node may not read"}])
     entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime, "etag": local.file_etag(st)}
     return _collect(result, [entry], rel, selection)
 
 
 def _peer_file(peers: PeerClient, node: str, rel: str, selection: Selection) -> NodeResult:
     with peers.open(node, "HEAD", "/files/" + quote_path(rel), timeout=peers.planning_timeout) as response:
-        if response.status == 404:
+        if response.status in (400, 404):
             return NodeResult(node, "missing", "No such file or directory.")
         if response.status != 200:
             return NodeResult(node, "error", f"Node {node} answered {response.status} for the file.")
@@ -170,12 +206,12 @@ def plan_peer(peers: PeerClient, node: str, rel: str, selection: Selection = EVE
                                   timeout=peers.planning_timeout)
     except ApiError as exc:
         if exc.status != 404:
-            return NodeResult(node, "error", exc.message)
+            return _refused(node, exc)
     else:
         entries = document.get("entries") if isinstance(document, dict) else None
         if not isinstance(entries, list):
             return NodeResult(node, "error", f"Node {node} sent a listing without entries.")
-        return _collect(NodeResult(node, "ok"), entries, rel, selection)
+        return _skipped(_collect(NodeResult(node, "ok"), entries, rel, selection), document.get("skipped"))
     if not rel:
         return NodeResult(node, "missing", "No such directory.")
     try:
@@ -204,7 +240,8 @@ def plan_cluster(here: LocalNode, peers: PeerClient, rel: str, nodes: list[str],
 
 
 def _check_found(results: list, what: str) -> None:
-    """404 if every node lacks `what`, 502 if none has it and some could not be asked."""
+    """404 if every node lacks `what` (400 if every one refused its name alike), 502 if none has it
+    and some could not be asked."""
     if any(r.status == "ok" for r in results):
         return
     failed = [r for r in results if r.status == "error"]
@@ -212,6 +249,9 @@ def _check_found(results: list, what: str) -> None:
         detail = "; ".join(f"{r.node}: {r.message}" for r in failed)
         raise BadGateway(f"No node that answered has {what}, and some could not be asked ({detail}).",
                          code="nodes_failed")
+    codes = {r.code for r in results}
+    if len(codes) == 1 and None not in codes:
+        raise ApiError(f"No node can have {what}: {results[0].message}", status=400, code=codes.pop())
     raise NotFound(f"No node has {what}.")
 
 
@@ -221,8 +261,8 @@ def local_chunks(here: LocalNode, item: FileItem, offset: int = 0) -> Iterator[b
     """The bytes of this node's file `item` from `offset`, provided it is still the file that was planned."""
     try:
         f, st, _ = local.open_file(here.root, item.path)
-    except NotFound:
-        raise StreamBroken(f"{item.member} disappeared after the plan") from None
+    except ApiError as exc:  # gone, or no longer readable
+        raise StreamBroken(f"{item.member} disappeared after the plan ({exc.message})") from None
     try:
         if local.file_etag(st) != item.etag:
             raise StreamBroken(f"{item.member} changed after the plan")
@@ -253,7 +293,9 @@ def _report_pieces(path: str | None, selection: Selection, results: list[NodeRes
         yield (f'{"," if i else ""}\n  {dump(r.node)}: {{"status": {dump(r.status)}, '
                f'"message": {dump(r.message)}, "files": [').encode()
         for j, item in enumerate(r.files):
-            line = (f'{"," if j else ""}\n    {{"name": {dump(item.member)}, "size": {item.size}, '
+            member = item.member
+            original = f', "original_name": {dump(item.original)}' if member != item.original else ""
+            line = (f'{"," if j else ""}\n    {{"name": {dump(member)}{original}, "size": {item.size}, '
                     f'"crc32": "{crc_of(index):08x}"}}')
             index += 1
             yield line.encode()
@@ -270,7 +312,7 @@ def _report_pieces(path: str | None, selection: Selection, results: list[NodeRes
 # -- the archive ---------------------------------------------------------------------------------
 
 # Bumped whenever the bytes an unchanged plan gives would change (the archive's ETag covers it).
-LAYOUT_VERSION = "wsgi_stream-zip-2"
+LAYOUT_VERSION = "wsgi_stream-zip-3"  # 3: portable member names, original_name in the report
 
 
 def archive_range(headers, length: int | None, etag: str | None) -> tuple[int, int] | None:
@@ -577,23 +619,28 @@ def _started(body: Iterator[bytes]) -> _Started:
 # -- merged listings ------------------------------------------------------------------------------
 
 def _list_node(here: LocalNode, peers: PeerClient, node: str, rel: str,
-               selection: Selection) -> tuple[str, dict | list]:
-    """(status, entries) of directory `rel` on `node`, or (status, {"message": ...})."""
+               selection: Selection) -> tuple[NodeResult, list, list]:
+    """(result, entries, skipped) of directory `rel` on `node`; a result not ok says why."""
     try:
         if node == here.name:
-            return "ok", pick_entries(listing.list_entries(here.root, rel), rel, selection)
+            entries, skipped = listing.scan(here.root, rel)
+            return NodeResult(node, "ok"), pick_entries(entries, rel, selection), skipped
         query = selection.query()
         document = peers.get_json(node, "/list/" + quote_path(rel) + (f"?{query[1:]}" if query else ""),
                                   timeout=peers.planning_timeout)
     except ApiError as exc:
-        return ("missing" if exc.status == 404 else "error"), {"message": exc.message}
+        result = _refused(node, exc)
+        if exc.status == 404:
+            result.message = exc.message
+        return result, [], []
     except Exception as exc:
         log.exception("listing %r on node %s", rel, node)
-        return "error", {"message": f"Unexpected error asking node {node}: {type(exc).__name__}."}
+        return NodeResult(node, "error", f"Unexpected error asking node {node}: {type(exc).__name__}."), [], []
     entries = document.get("entries") if isinstance(document, dict) else None
     if not isinstance(entries, list):
-        return "error", {"message": f"Node {node} sent a listing without entries."}
-    return "ok", pick_entries(entries, rel, selection)
+        return NodeResult(node, "error", f"Node {node} sent a listing without entries."), [], []
+    skipped = document.get("skipped")
+    return NodeResult(node, "ok"), pick_entries(entries, rel, selection), skipped if isinstance(skipped, list) else []
 
 
 def _usable_entry(entry, rel: str) -> bool:
@@ -601,17 +648,22 @@ def _usable_entry(entry, rel: str) -> bool:
         return False
     name = entry.get("name")
     try:
-        check_name(name)
+        check_segments(name)
     except ValueError:
         return False
     return "/" not in name and entry.get("path") == (f"{rel}/{name}" if rel else name)
 
 
-def merge_listings(rel: str, answers: list[tuple[str, str, object]]) -> dict:
-    """The merged listing document from each node's (name, status, entries or message)."""
+def merge_listings(rel: str, answers: list[tuple[str, str, object]], skipped: dict | None = None) -> dict:
+    """The merged listing document from each node's (name, status, entries or message).
+
+    `skipped`: {node: what its listing skipped}, shown under that node when not empty.
+    """
     nodes, merged = {}, {}
     for node, status, value in answers:
         nodes[node] = {"status": status} if status == "ok" else {"status": status, **value}
+        if (skipped or {}).get(node):
+            nodes[node]["skipped"] = skipped[node]
         if status != "ok":
             continue
         for entry in value:
@@ -631,9 +683,10 @@ def cluster_listing(here: LocalNode, peers: PeerClient, path: str, nodes: Iterab
     """The listings of folder `path` on every selected node, merged by name; 404/502 if none has it."""
     rel = clean_relpath(path)
     names = select_nodes(peers.names, nodes)
-    answers = [("error", {"message": str(a)}) if isinstance(a, TooSlow) else a
-               for a in peers.each(lambda node: _list_node(here, peers, node, rel, selection), names, peers.config.plan_timeout)]
-    results = [NodeResult(node, status, value.get("message") if status != "ok" else None)
-               for node, (status, value) in zip(names, answers)]
-    _check_found(results, f"the folder {rel or '/'!r}")
-    return merge_listings(rel, [(node, s, v) for node, (s, v) in zip(names, answers)])
+    asked = peers.each(lambda node: _list_node(here, peers, node, rel, selection), names, peers.config.plan_timeout)
+    answers = [(NodeResult(node, "error", str(a)), [], []) if isinstance(a, TooSlow) else a
+               for node, a in zip(names, asked)]
+    _check_found([result for result, _, _ in answers], f"the folder {rel or '/'!r}")
+    return merge_listings(rel, [(r.node, r.status, entries if r.status == "ok" else {"message": r.message})
+                                for r, entries, _ in answers],
+                          {r.node: skipped for r, _, skipped in answers})

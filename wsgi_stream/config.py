@@ -49,7 +49,8 @@ class Config:
     plan_timeout: float = 10.0
     keep_crcs: bool = False
     uploads: bool = False
-    max_upload_size: int = 0
+    # 64 GiB: room for disk images, a bound on what one request may write (0 in the file: no limit).
+    max_upload_size: int = 64 << 30
     stage_expiry: float = 600.0
     source: str = field(default="<memory>", compare=False)
     # TLS to peers with https:// urls: the CA their certificates must be signed by (None: the

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from werkzeug.http import parse_etags
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, PathConverter, Rule
 from werkzeug.wrappers import Request
 
 from . import batch, fanout, listing, local, stages, uploads
@@ -24,7 +24,7 @@ from .crc import CrcCache
 from .errors import NotFound, PayloadTooLarge
 from .forward import forward, forward_upload
 from .params import compress, flag, nodes
-from .paths import clean_relpath
+from .paths import clean_relpath, upload_relpath
 from .peers import HEALTH_TIMEOUT, PeerClient, TooSlow, quote_path
 from .replies import Reply, json_reply
 from .selection import parse_selection, pick_entries
@@ -85,7 +85,7 @@ def file(s: Services, request: Request, path: str) -> Reply:
     """GET/HEAD/PUT /files/{path}: one of this node's files, or an upload to this node."""
     if request.method == "PUT":
         uploads.check_enabled(s.limits, request.environ)
-        rel = clean_relpath(path)
+        rel = upload_relpath(path)
         return uploads.put_file(s.local, s.limits, request, rel, "/files/" + quote_path(rel))
     return _file_here(s, request, path)
 
@@ -137,13 +137,14 @@ def node_file(s: Services, request: Request, node: str, path: str) -> Reply:
     s.peers.node(node)
     if node == s.local.name:
         return file(s, request, path)
+    if request.method == "PUT":
+        uploads.check_enabled(s.limits, request.environ)
+        rel = upload_relpath(path)
+        return forward_upload(s.peers, s.limits, request, node, "/files/" + quote_path(rel),
+                              f"/nodes/{quote_path(node)}/files/{quote_path(rel)}")
     rel = clean_relpath(path)
     if not rel:
         raise NotFound("No such file.")
-    if request.method == "PUT":
-        uploads.check_enabled(s.limits, request.environ)
-        return forward_upload(s.peers, s.limits, request, node, "/files/" + quote_path(rel),
-                              f"/nodes/{quote_path(node)}/files/{quote_path(rel)}")
     return forward(s.peers, node, request.method, "/files/" + quote_path(rel), request.headers,
                    s.local.chunk_size)
 
@@ -193,7 +194,8 @@ def cluster_list(s: Services, request: Request, path: str) -> Reply:
 def cluster_put(s: Services, request: Request, path: str) -> Reply:
     """PUT /cluster/files/{path}: the body once, to every selected node; one outcome line per node."""
     uploads.check_enabled(s.limits, request.environ)
-    return fanout.put_cluster_file(s.stages, s.peers, s.limits, s.fanouts, request, clean_relpath(path),
+    rel = upload_relpath(path) if path else ""
+    return fanout.put_cluster_file(s.stages, s.peers, s.limits, s.fanouts, request, rel,
                                    nodes(request.args), fanout.mode_of(request.args), s.config.stage_expiry)
 
 
@@ -237,4 +239,13 @@ def _file_here(s: Services, request: Request, path: str) -> Reply:
     return Reply(plan.status, plan.headers, body, file=f if wrapped else None)
 
 
-URL_MAP = Map(RULES, merge_slashes=False, strict_slashes=False)
+class AnyPathConverter(PathConverter):
+    """werkzeug's `path`, but matching every character a name can hold, newlines included.
+
+    (`%2F` and `%00` are refused by the app before any handler runs.)
+    """
+
+    regex = "(?s:[^/].*?)"
+
+
+URL_MAP = Map(RULES, merge_slashes=False, strict_slashes=False, converters={"path": AnyPathConverter})

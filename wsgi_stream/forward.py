@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import urllib3
 
@@ -101,7 +102,10 @@ def forward_upload(peers: PeerClient, limits: UploadLimits, request, name: str, 
         if length is not None:
             headers["Content-Length"] = str(length)
         body = RequestBody(request.environ, length, limits)
-        timeout = urllib3.Timeout(connect=limits.connect_timeout, read=peer_read_timeout(limits, length))
+        _reach(peers, name, limits.connect_timeout)
+        # urllib3 sends a request body under the *connect* timeout; the peer was just reached, so
+        # that timeout is the stall limit for sending: read_timeout without progress.
+        timeout = urllib3.Timeout(connect=limits.read_timeout, read=peer_read_timeout(limits, length))
         status, passed, data = _send_to_peer(peers, name, url_path, headers, body, timeout)
     except ApiError as error:
         log.warning("upload of %s to node %s refused: %d %s", url_path, name, error.status, error.message)
@@ -113,6 +117,26 @@ def forward_upload(peers: PeerClient, limits: UploadLimits, request, name: str, 
     if must_close(request.environ, body):
         passed.append(("Connection", "close"))
     return Reply(status, passed, [data] if data else [])
+
+
+def _reach(peers: PeerClient, name: str, timeout: float) -> None:
+    """Connect to peer `name` within `timeout` and hang up: 502/504 if it cannot be reached."""
+    node = peers.node(name)
+    try:
+        socket.create_connection((node.host, node.port), timeout=timeout).close()
+    except TimeoutError as exc:
+        raise peer_error("peer_timeout", name) from exc
+    except OSError as exc:
+        raise peer_error("peer_unreachable", name) from exc
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    """Whether a socket timeout is behind `error` (urllib3 reports a stalled send as 'aborted')."""
+    while error is not None:
+        if isinstance(error, TimeoutError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _send_to_peer(peers: PeerClient, name: str, url_path: str, headers: dict, body: RequestBody, timeout):
@@ -128,6 +152,9 @@ def _send_to_peer(peers: PeerClient, name: str, url_path: str, headers: dict, bo
         if body.done:
             raise peer_error("peer_broken", name, f"Node {name} got the whole body but broke off before "
                              "answering; it may or may not have stored the file.") from error
+        if body.received and _timed_out(error):
+            raise peer_error("peer_timeout", name, f"Node {name} took nothing more of the upload after "
+                             f"{body.received} bytes; it keeps nothing of it.") from error
         if body.received:
             raise peer_error("peer_broken", name, f"Node {name} broke off the upload after {body.received} "
                              "bytes; it keeps nothing of it.") from error

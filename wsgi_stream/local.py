@@ -16,7 +16,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.http import http_date, parse_date, parse_etags, parse_if_range_header, parse_range_header
 
 from .errors import NotFound, PreconditionFailed, RangeNotSatisfiable
-from .paths import resolve
+from .paths import read_error, resolve
 
 # mimetypes reports .tar.gz as (tar, gzip); a download is the compressed file itself.
 _ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
@@ -216,13 +216,22 @@ def _plan_body(f, plan: FilePlan, chunk_size: int) -> Iterator[bytes]:
 
 
 def open_file(root, rel: str):
-    """Open the regular file `rel` under `root` for reading, with its stat; 404 otherwise."""
+    """Open the regular file `rel` under `root` for reading, with its stat; a JSON 4xx otherwise.
+
+    Only regular files are ever opened: opening a FIFO blocks until a writer comes, opening a
+    device talks to its driver. The stat before the open keeps those out; the open itself is
+    non-blocking and does not follow a symlink swapped in meanwhile, and the descriptor's own
+    fstat decides.
+    """
     path = resolve(root, rel)
     try:
-        f = TrackedFile(path, "r")
-    except OSError:  # missing, a directory, unreadable, name too long: all the same to a client
-        raise NotFound("No such file.") from None
-    st = os.fstat(f.fileno())
+        if not stat_mod.S_ISREG(os.stat(path).st_mode):
+            raise NotFound("No such file.")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise read_error(exc, "file") from None
+    f = TrackedFile(fd, "r")
+    st = os.fstat(fd)
     if not stat_mod.S_ISREG(st.st_mode):
         f.close()
         raise NotFound("No such file.")

@@ -45,7 +45,7 @@ from typing import Callable, Iterable
 from .config import LocalNode
 from .errors import ApiError, BadRequest, Conflict, NotFound
 from .local import file_etag
-from .paths import TEMP_PREFIX, clean_relpath, resolve
+from .paths import TEMP_PREFIX, clean_relpath, write_target
 from .uploads import (DIGESTS, RequestBody, UploadLimits, _adopt, _check_free_space, _fsync_dirs,
                       _locked, _stat_at, _stat_or_none, _storage_errors, check_replace, check_size,
                       closing, declared_length, make_parents, remove_dirs, wanted_digests)
@@ -151,7 +151,7 @@ class StageArea:
         self.sweep_now_and_then()
         if not rel:
             raise Conflict("That path is a directory.", code="is_directory")
-        target = resolve(self.local.root, rel)
+        target = write_target(self.local.root, rel)  # a PUT never writes through a symlink: 409
         check_replace(headers, _stat_or_none(target))          # first check: before the body
         record = Record(stage_id, rel, "", str(target.parent), preconditions=preconditions_of(headers))
         fd = self._create(record)
@@ -331,7 +331,7 @@ class StageArea:
             record.made = [os.path.relpath(p, os.path.realpath(root)) for p in make_parents(target.parent)]
             record.temp = os.path.relpath(target.parent / (STAGE_FILE + record.id), os.path.realpath(root))
             self._save(fd, record, durable=True)  # before the stage file exists: the sweeper can find it
-            if resolve(root, record.path) != target:  # a symlink appeared in what we just walked
+            if write_target(root, record.path) != target:  # the root itself was moved meanwhile
                 raise Conflict("The path changed while it was being created.")
             _check_free_space(target.parent, length)
             record.size, record.sha256 = self._write(target, record.id, blocks, digests, sha256_of)
@@ -381,10 +381,10 @@ class StageArea:
         """Rename the stage file over its target, the preconditions checked again under the folder's lock."""
         root = self.local.root
         with _storage_errors(record.path):
-            target = resolve(root, record.path)
+            target = write_target(root, record.path)
             if str(target.parent) != record.directory:
                 raise Conflict("The path's folder changed since it was staged.")
-            dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 temp = os.path.basename(record.temp)
                 with _locked(dir_fd):

@@ -24,7 +24,8 @@ from .errors import (ApiError, BadRequest, Conflict, Forbidden, IncompleteBody,
                      PreconditionFailed)
 from .config import LocalNode
 from .local import check_preconditions, file_etag
-from .paths import TEMP_PREFIX, resolve
+from .logtext import log_safe
+from .paths import TEMP_PREFIX, write_error, write_target
 from .replies import Reply, json_reply
 
 log = logging.getLogger("wsgi_stream.uploads")
@@ -129,6 +130,8 @@ def check_replace(headers, st: os.stat_result | None) -> None:
     """409 or 412 unless the request may put a file where `st` (None: nothing) is now."""
     if st is not None and stat_mod.S_ISDIR(st.st_mode):
         raise Conflict("That path is a directory.", code="is_directory")
+    if st is not None and stat_mod.S_ISLNK(st.st_mode):
+        raise Conflict("That path is a symbolic link; uploads never write through links.", code="symlink")
     if st is None:
         if "If-Match" in headers:
             raise PreconditionFailed("If-Match: there is no file to match.")
@@ -202,7 +205,7 @@ def _storage_error(exc: OSError, where: str) -> ApiError | None:
         return InsufficientStorage(f"No space left to store {where}; nothing was stored.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return Forbidden(f"This node may not write {where}.")
-    return None
+    return write_error(exc)
 
 
 @contextmanager
@@ -269,14 +272,14 @@ def _locked(dir_fd: int):
 
 def _stat_or_none(path: Path) -> os.stat_result | None:
     try:
-        return path.stat()
+        return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None  # a file as parent is refused by make_parents with its own message
 
 
 def _stat_at(name: str, dir_fd: int) -> os.stat_result | None:
     try:
-        return os.stat(name, dir_fd=dir_fd)
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
 
@@ -330,7 +333,7 @@ def store(target: Path, blocks, digests: dict[str, bytes], headers) -> Stored:
 
     A body the server spooled on the same file system (SPOOLED_BODY) is linked there instead.
     """
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     temp = TEMP_PREFIX + secrets.token_hex(8)
     try:
         old = _stat_at(target.name, dir_fd)
@@ -405,11 +408,13 @@ def _check_put(root: Path, limits: UploadLimits, request, rel: str) -> tuple[Pat
     """What is decided before the body is read: target, length, digests to check; else 4xx."""
     if not rel:
         raise Conflict("That path is a directory.", code="is_directory")
-    target = resolve(root, rel)
+    target = write_target(root, rel)
     length = declared_length(request.environ)
     check_size(length, limits.max_size)
     digests = wanted_digests(request.headers.get("Content-Digest"))
-    check_replace(request.headers, _stat_or_none(target))
+    with _storage_errors(rel):
+        st = _stat_or_none(target)
+    check_replace(request.headers, st)
     return target, length, digests
 
 
@@ -420,7 +425,7 @@ def put_file(local: LocalNode, limits: UploadLimits, request, rel: str, location
         target, length, digests = _check_put(local.root, limits, request, rel)
         with _storage_errors(rel):
             made = make_parents(target.parent)
-            if resolve(local.root, rel) != target:  # a symlink appeared in what we just walked
+            if write_target(local.root, rel) != target:  # the root itself was moved meanwhile
                 raise Conflict("The path changed while it was being created.")
             if SPOOLED_BODY not in request.environ:  # else the body already sits on this disk
                 _check_free_space(target.parent, length)
@@ -431,11 +436,11 @@ def put_file(local: LocalNode, limits: UploadLimits, request, rel: str, location
         remove_dirs(made)
         if not isinstance(error, ApiError):
             raise
-        log.warning("upload of %s refused: %d %s", rel or "/", error.status, error.message)
+        log.warning("upload of %s refused: %d %s", log_safe(rel or "/"), error.status, log_safe(error.message))
         raise closing(error, body, request.environ) from None
     etag = file_etag(stored.st)
     sums = "".join(f", {name} {value}" for name, value in stored.digests.items())
-    log.info("stored %s (%d bytes%s)", rel, stored.st.st_size, sums)
+    log.info("stored %s (%d bytes%s)", log_safe(rel), stored.st.st_size, sums)
     if stored.replaced:
         return Reply(204, [("ETag", etag)])
     return json_reply({"node": local.name, "path": rel, "size": stored.st.st_size, "etag": etag}, 201,

@@ -22,7 +22,7 @@ def test_full_config_loads_with_defaults(tmp_path):
     config = load_config(path)
     assert list(config.nodes) == ["a", "b"]
     assert config.token == "s" and config.uploads is True and config.read_timeout == 5.0
-    assert config.chunk_size == 1 << 20 and config.connect_timeout == 3.0 and config.max_upload_size == 0
+    assert config.chunk_size == 1 << 20 and config.connect_timeout == 3.0 and config.max_upload_size == 64 << 30
     assert config.nodes["a"].url == "http://127.0.0.2:8001" and config.nodes["a"].port == 8001
     assert check_node(config, "a").root == tmp_path
     with pytest.raises(AttributeError):

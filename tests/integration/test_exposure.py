@@ -113,7 +113,8 @@ REFUSED = [
     ("GET /healthz", b"", 413, "payload_too_large"),
     ("GET /list/", b"", 401, "unauthorized"),
     ("PUT /files/big.bin", b"", 401, "unauthorized"),
-    ("PUT /nowhere/big.bin", b"", 404, "not_found"),
+    ("PUT /nowhere/big.bin", b"", 401, "unauthorized"),  # the token first: no route is told to a stranger
+    ("PUT /nowhere/big.bin", AUTH, 404, "not_found"),
     ("PUT /healthz", AUTH, 405, "method_not_allowed"),
     ("PUT /files/big.bin", AUTH + b"Content-Length: %d\r\n" % (LIMIT + 1), 413, "payload_too_large"),
 ]

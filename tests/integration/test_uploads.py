@@ -255,7 +255,7 @@ def test_paths_refused(cl):
     (a.root / "afile").write_bytes(b"f")
     before = snapshot(a.root)
     assert_json_error(put(a, "adir", b"x"), 409, "is_directory")
-    assert_json_error(put(a, "adir/", b"x"), 409, "is_directory")
+    assert_json_error(put(a, "adir/", b"x"), 400, "trailing_slash")  # a path ending in "/" never names a file
     assert_json_error(put(a, "afile/below.txt", b"x"), 409, "parent_not_directory")
     assert_json_error(put(a, "afile/deeper/below.txt", b"x"), 409, "parent_not_directory")
     assert_json_error(put(a, ".wsgi_stream-upload-sneaky", b"x"), 404)

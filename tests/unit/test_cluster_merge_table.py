@@ -10,6 +10,7 @@ import pytest
 
 from wsgi_stream.cluster import NodeResult, _check_found, _collect, merge_listings, select_nodes
 from wsgi_stream.errors import BadGateway, NotFound
+from wsgi_stream.portable import portable_segment
 
 KNOWN = ["a", "b", "c"]
 
@@ -62,8 +63,10 @@ COLLECT = [
     ("dot-dot-inside-the-prefix-left-out", "logs", [entry("logs/../../x")], [],
      [("logs/../../x", "empty, '.' or '..' path segment")]),
     ("absolute-left-out", "", [entry("/etc/passwd")], [], [("/etc/passwd", "empty, '.' or '..' path segment")]),
-    ("backslash-left-out", "", [entry("a\\b")], [], [("a\\b", "backslash or NUL in name")]),
-    ("nul-left-out", "", [entry("a\x00b")], [], [("a\x00b", "backslash or NUL in name")]),
+    ("backslash-kept-its-member-made-portable", "", [entry("a\\b")], ["a\\b"], []),
+    ("portable-name-taken-second-left-out", "", [entry("a%3Ab"), entry("a:b")], ["a%3Ab"],
+     [("a:b", "its portable name 'a/a%3Ab' is that of 'a%3Ab'")]),
+    ("nul-left-out", "", [entry("a\x00b")], [], [("a\x00b", "NUL in name")]),
     ("lone-surrogate-left-out-printably", "", [entry("\udcff.txt")], [],
      [("\\udcff.txt", "name is not valid UTF-8")]),
     ("size-as-string-left-out", "", [entry("x", size="3")], [], [("x", "no valid size")]),
@@ -88,7 +91,8 @@ def test_collect(prefix, entries, kept, left_out):
     assert result.errors == [{"name": name, "message": f"left out: {why}"} for name, why in left_out]
     assert result.failed == bool(left_out)
     for item in result.files:
-        assert item.node == "a" and item.member == f"a/{item.path}"
+        assert item.node == "a" and item.original == f"a/{item.path}"
+        assert item.member == "/".join(portable_segment(part) for part in item.original.split("/"))
 
 
 @pytest.mark.parametrize("mtime, expected", [
@@ -189,7 +193,7 @@ def test_merge_listings(rel, answers, entries, nodes):
     pytest.param("", {"name": "x", "path": "x"}, id="no-type"),
     pytest.param("", {"name": "a/b", "path": "a/b", "type": "file"}, id="name-with-slash"),
     pytest.param("", {"name": "..", "path": "..", "type": "dir"}, id="dot-dot-name"),
-    pytest.param("", {"name": "a\\b", "path": "a\\b", "type": "file"}, id="backslash-name"),
+    pytest.param("", {"name": "a\x00b", "path": "a\x00b", "type": "file"}, id="nul-name"),
     pytest.param("", {"name": "", "path": "", "type": "dir"}, id="empty-name"),
     pytest.param("", {"name": None, "path": None, "type": "file"}, id="name-not-a-string"),
     pytest.param("", {"name": "x", "path": "elsewhere/x", "type": "file"}, id="path-not-rel-slash-name"),

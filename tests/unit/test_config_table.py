@@ -104,7 +104,8 @@ def test_config_refused_in_one_line(kwargs, message):
 ACCEPTED = [
     # (id, arguments of build(), {attribute: value} of the Config)
     ("defaults", {}, {"token": None, "chunk_size": 1 << 20, "connect_timeout": 3.0, "read_timeout": 30.0,
-                      "uploads": False, "max_upload_size": 0}),
+                      "uploads": False, "max_upload_size": 64 << 30}),
+    ("no-upload-limit", {"cluster": {"max_upload_size": 0}}, {"max_upload_size": 0}),
     ("empty-cluster-table", {"cluster": {}}, {"chunk_size": 1 << 20}),
     ("chunk-size-lowest", {"cluster": {"chunk_size": 4096}}, {"chunk_size": 4096}),
     ("chunk-size-highest", {"cluster": {"chunk_size": 64 << 20}}, {"chunk_size": 64 << 20}),
