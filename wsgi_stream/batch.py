@@ -31,6 +31,9 @@ log = logging.getLogger("wsgi_stream.batch")
 
 MAX_FILES = 200_000
 MAX_REQUEST_BYTES = 64 << 20
+# Files up to this size come in batches; a bigger one is asked for alone, so that its node can send
+# it with sendfile() instead of through Python (one round trip is nothing beside its transfer).
+BATCHED_SIZE = 1 << 20
 # Pauses before the 1st, 2nd and 3rd retry of a peer stream that made no progress.
 RETRY_BACKOFF = (0.2, 0.5, 1.0)
 
@@ -106,10 +109,16 @@ class PeerFiles:
 
     def start(self, index: int = 0, offset: int = 0) -> None:
         """Send the request for the files from `index` (at `offset`) now, so its bytes are on the way."""
-        if self.position == (index, offset) or index >= len(self.files) or self.refused:
+        if self.position == (index, offset) or index >= len(self.files) or self.refused \
+                or self.files[index].size > BATCHED_SIZE:
             return
         self.close()
-        files = [{"path": w.path, "etag": w.etag} for w in self.files[index:]]
+        run = []
+        for wanted in self.files[index:]:
+            if wanted.size > BATCHED_SIZE:
+                break
+            run.append(wanted)
+        files = [{"path": w.path, "etag": w.etag} for w in run]
         files[0]["offset"] = offset
         body = json.dumps({"files": files}).encode()
         try:
@@ -135,6 +144,11 @@ class PeerFiles:
             if self.position == (index, offset):
                 self.position = (index + 1, 0)
             return
+        if wanted.size > BATCHED_SIZE:
+            self._end_batch()
+            self._start_quietly(index + 1)  # the next small files' bytes are on the way meanwhile
+            yield from single_file(self.peers, self.node, wanted, offset, self.chunk_size)
+            return
         try:
             if self.refused:
                 raise _Retry("it takes no batches")
@@ -153,6 +167,25 @@ class PeerFiles:
             yield from single_file(self.peers, self.node, wanted, offset, self.chunk_size)
         if self.position == (index, wanted.size):
             self.position = (index + 1, 0)
+
+    def _end_batch(self) -> None:
+        """Finish a batch read to its end (its connection is then reused), or close it."""
+        if self.response is not None:
+            try:
+                done = self.response.read(1) == b""
+            except ApiError:
+                done = False
+            if done:
+                self.response.close()
+                self.response = None
+        self.close()
+
+    def _start_quietly(self, index: int) -> None:
+        try:
+            self.start(index)
+        except (_Retry, ApiError) as exc:  # the file's own read asks again and reports
+            log.info("could not start a batch from node %s early: %s", self.node, exc)
+            self.close()
 
     def _take(self, remaining: int) -> Iterator[bytes]:
         while remaining > 0:

@@ -390,7 +390,7 @@ def test_client_going_away_closes_the_upstream_at_once(cluster_factory):
     # Were the upstream response left open, b would block on its full socket and never log the GET.
     deadline = time.monotonic() + 30
     while True:
-        lines = [line for line in cl["b"].log().splitlines() if '"POST /batch" 200' in line]
+        lines = [line for line in cl["b"].log().splitlines() if '"GET /files/big.bin" 200' in line]
         if lines:
             break
         assert time.monotonic() < deadline, "node b still streaming after the client left\n" + cl["b"].log()

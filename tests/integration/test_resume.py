@@ -158,4 +158,6 @@ def test_a_node_lists_the_crcs_it_learned_and_keeps_them_across_a_restart(cluste
     assert any(p.name.endswith("wsgi_stream-crc32") for p in b.root.parent.iterdir())
     support.launch(b, cl.config_path).wait_ready()
     listed = support.http("GET", cl.url("b") + "/list/bundle?recursive=1").json()["entries"]
-    assert {e["path"]: e.get("crc32") for e in listed} == crcs
+    # Files up to 1 MiB came in a batch, through the node's hands; a bigger one went by sendfile().
+    small = {path: crc for path, crc in crcs.items() if path != "bundle/big.bin"}
+    assert {e["path"]: e.get("crc32") for e in listed} == {**small, "bundle/big.bin": None}
