@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from processes import Unavailable, process_tree
 
@@ -160,6 +160,7 @@ class Transfer:
     nbytes: int
     seconds: float
     curl_status: int = 0  # non-zero: curl saw an error (e.g. 18: body shorter than announced)
+    ttfb: float = 0.0     # seconds to the first byte of the answer (curl's time_starttransfer)
 
 
 def _curl_argv(url: str, upload: str | None, max_time: float) -> list[str]:
@@ -167,13 +168,13 @@ def _curl_argv(url: str, upload: str | None, max_time: float) -> list[str]:
     what = "size_upload" if upload else "size_download"
     if upload:
         argv += ["-T", upload]
-    return argv + ["-w", f"%{{http_code}} %{{{what}}} %{{time_total}}", url]
+    return argv + ["-w", f"%{{http_code}} %{{{what}}} %{{time_total}} %{{time_starttransfer}}", url]
 
 
 def _parse_curl(out: str, status: int) -> Transfer:
     try:
-        code, size, secs = out.split()
-        return Transfer(int(code), int(size), float(secs), status)
+        code, size, secs, first = out.split()
+        return Transfer(int(code), int(size), float(secs), status, float(first))
     except ValueError:
         return Transfer(0, 0, 0.0, status)
 
@@ -202,6 +203,7 @@ class RunResult:
     moved: int = 0
     seconds: float = 0.0
     error: str = ""
+    extra: dict = field(default_factory=dict)  # other per-round figures: entries, ttfb_s, ...
 
 
 def _check(t: Transfer, url: str, codes, expect_bytes: int | None) -> str:

@@ -228,6 +228,7 @@ class Workspace:
         self.keep = keep
         self.procs: list[Proc] = []
         self._shared: dict[str, object] = {}
+        self._cleanups: list = []
         self._ip = 10
 
     def host(self) -> str:
@@ -254,14 +255,23 @@ class Workspace:
             self._shared[key] = factory()
         return self._shared[key]
 
+    def defer(self, cleanup) -> None:
+        """Call cleanup() when the batch stops (e.g. stop an in-process proxy)."""
+        self._cleanups.append(cleanup)
+
     def stop_batch(self) -> None:
-        """Stop every process started since the last call, newest first."""
+        """Stop every process started since the last call, newest first, then run the deferred cleanups."""
         for proc in reversed(self.procs):
             try:
                 proc.stop()
             except Exception:  # noqa: BLE001
                 pass
         self.procs.clear()
+        while self._cleanups:
+            try:
+                self._cleanups.pop()()
+            except Exception:  # noqa: BLE001
+                pass
         self._shared.clear()
 
     def __enter__(self):

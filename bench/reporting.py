@@ -17,6 +17,10 @@ PACKAGES = ("waitress", "uWSGI", "gunicorn", "werkzeug", "urllib3", "zipstream-n
 TOOLS = {"nginx": ["nginx", "-v"], "haproxy": ["haproxy", "-v"], "curl": ["curl", "--version"],
          "uwsgi": ["uwsgi", "--version"]}
 ORDER = ["local", "forward", "zip", "upload"]
+# metric -> (key of a round's record, words before the target, unit)
+METRICS = {"speed": ("mbps", "", " MB/s"), "cpu": ("cpu_per_gib", "CPU/GiB ", " s/GiB"),
+           "rss": (None, "peak RSS ", " MiB"), "time": ("seconds", "time ", " s"),
+           "entries": ("entries_per_s", "", " entries/s"), "ttfb": ("ttfb_s", "first byte ", " s")}
 RSS_NOTE = ("peak RSS = the larger of VmHWM and VmRSS sampled every 0.1 s, of the largest process in the serving "
             "process tree, over all rounds (in brackets: after round 1).")
 
@@ -69,8 +73,8 @@ def spread(s: dict | None, unit: str = "", digits: int | None = None) -> str:
 
 def measured(t: dict) -> str:
     """A target's per-round values as 'median (min–max)' in its unit."""
-    unit = "×" if t["vs"] else {"speed": " MB/s", "cpu": " s/GiB", "rss": " MiB"}[t["metric"]]
-    return spread(t, unit)
+    unit = "×" if t["vs"] else METRICS[t["metric"]][2]
+    return spread(t, unit, 2 if t["metric"] == "ttfb" and not t["vs"] else None)
 
 
 def render_batch(b: dict) -> str:
@@ -81,12 +85,14 @@ def render_batch(b: dict) -> str:
         ok = not r["error"]
         rss = f"{_num(r.get('rss_mib'), 1)} ({_num(r.get('rss_mib_round1'), 1)})" if ok else "n/a"
         rows.append([r["system"], r["server"], r["data"], spread(r.get("mbps")) if ok else "n/a",
+                     spread(r["entries_per_s"]) if ok and "entries_per_s" in r else "",
+                     spread(r["ttfb_s"], digits=2) if ok and "ttfb_s" in r else "",
                      _num(r.get("cpu_per_gib")) if ok else "n/a", rss,
                      _num(r.get("peers_rss_mib"), 1) if "peers_rss_mib" in r else "",
                      spread(r.get("ratio_to_ref"), "×") if r["ref"] else "", names.get(r["ref"], "")])
     out = [f"### {b['title']}", "",
-           table(["system", "server", "data", "MB/s", "CPU s/GiB", "peak RSS MiB", "peers RSS MiB", "× ref",
-                  "ref"], rows)]
+           table(["system", "server", "data", "MB/s", "entries/s", "first byte s", "CPU s/GiB", "peak RSS MiB",
+                  "peers RSS MiB", "× ref", "ref"], rows)]
     targets = [[r["system"], r["server"], t["text"], measured(t), t["verdict"]]
                for r in b["rows"] for t in r.get("targets", [])]
     if targets:

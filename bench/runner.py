@@ -46,7 +46,8 @@ DEPLOY_THREADS = 64  # deploy/uwsgi.ini, deploy/gunicorn.conf.py, deploy/wsgi_st
 class Target:
     """metric op value, of this row alone (vs=None) or as a ratio to row `vs`.
 
-    metric: 'speed' (MB/s), 'cpu' (CPU s/GiB) or 'rss' (peak RSS MiB, one value per batch)."""
+    metric: one of reporting.METRICS: 'speed' (MB/s), 'cpu' (CPU s/GiB), 'rss' (peak RSS MiB, one
+    value per batch), 'time' (s per run), 'entries' (archive entries/s), 'ttfb' (s to the first byte)."""
     metric: str
     op: str
     value: float
@@ -55,10 +56,9 @@ class Target:
 
     def text(self, names: dict[str, str]) -> str:
         sign = "≥" if self.op == ">=" else "≤"
-        what = {"speed": "", "cpu": "CPU/GiB ", "rss": "peak RSS "}[self.metric]
+        _, what, unit = reporting.METRICS[self.metric]
         if self.vs is not None:
             return f"{what}{sign}{self.value:g}× {names.get(self.vs, self.vs)}"
-        unit = {"speed": " MB/s", "cpu": " s/GiB", "rss": " MiB"}[self.metric]
         return f"{what}{sign}{self.value:g}{unit}"
 
 
@@ -78,6 +78,21 @@ def rss_at_most(mib: float, headline: bool = False) -> Target:
 
 def speed_at_least(mbps: float, headline: bool = False) -> Target:
     return Target("speed", ">=", mbps, None, headline)
+
+
+def time_at_most(ratio: float, vs: str, headline: bool = False) -> Target:
+    """Seconds per run at most `ratio` × row vs's, round by round."""
+    return Target("time", "<=", ratio, vs, headline)
+
+
+def entries_at_least(per_second: float, headline: bool = False) -> Target:
+    """Archive entries per second (the measure reports `entries`) at least this."""
+    return Target("entries", ">=", per_second, None, headline)
+
+
+def first_byte_within(seconds: float, headline: bool = False) -> Target:
+    """Time to the first byte (the measure reports `ttfb_s`) at most this, every round's median."""
+    return Target("ttfb", "<=", seconds, None, headline)
 
 
 @dataclass
@@ -132,6 +147,7 @@ class Benchmark:
     batches: Callable[[Workspace, argparse.Namespace], Iterable[Batch]]
     options: dict = field(default_factory=dict)
     quick: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)  # other defaults of the common options, e.g. servers
 
 
 # ---------------------------------------------------------------- judging (pure)
@@ -153,7 +169,7 @@ def judge(values: list[float], op: str, target: float, rounds: int) -> str:
 def _per_round(rec: dict, metric: str) -> list:
     if metric == "rss":
         return [rec["rss_mib"]] if rec.get("rss_mib") is not None else []
-    key = "mbps" if metric == "speed" else "cpu_per_gib"
+    key = reporting.METRICS[metric][0]
     return [r.get(key) for r in rec["rounds"]]
 
 
@@ -201,9 +217,12 @@ def _run_once(row: Row, system: System) -> dict:
     if res.error:
         return {"error": res.error}
     system.proc.remember_tree()
-    return {"mbps": res.counted / res.seconds / 1e6 if res.seconds > 0 else None,
-            "cpu_s": cpu, "cpu_per_gib": cpu / (res.counted / m.GiB) if res.counted else None,
-            "bytes": res.moved, "counted": res.counted, "seconds": res.seconds}
+    one = {"mbps": res.counted / res.seconds / 1e6 if res.seconds > 0 else None,
+           "cpu_s": cpu, "cpu_per_gib": cpu / (res.counted / m.GiB) if res.counted else None,
+           "bytes": res.moved, "counted": res.counted, "seconds": res.seconds, **res.extra}
+    if "entries" in res.extra and res.seconds > 0:
+        one["entries_per_s"] = res.extra["entries"] / res.seconds
+    return one
 
 
 def _rounds(batch: Batch, systems: dict, rounds: int, wait_idle: float, sampler: m.RssSampler,
@@ -237,6 +256,10 @@ def _finish_row(row: Row, system: System, rec: dict, sampler: m.RssSampler) -> N
     cpu = sum(r["cpu_s"] for r in rec["rounds"])
     rec["cpu_per_gib"] = cpu / (counted / m.GiB) if counted else None
     rec["mbps"] = m.summary([r["mbps"] for r in rec["rounds"] if r["mbps"] is not None])
+    for key in ("entries_per_s", "ttfb_s"):
+        values = [r[key] for r in rec["rounds"] if r.get(key) is not None]
+        if values:
+            rec[key] = m.summary(values)
     if system.after is not None and not rec["error"]:
         try:
             note = system.after()
@@ -326,6 +349,7 @@ def parser(bench: Benchmark) -> argparse.ArgumentParser:
         else:
             p.add_argument(flag, dest=dest, type=type(opt.default), default=opt.default,
                            help=f"{opt.help} (default {opt.default})")
+    p.set_defaults(**bench.defaults)
     return p
 
 
