@@ -58,10 +58,17 @@ BEFORE = "about 220 entries/s before the batch reads (issue 14: 70,001 files in 
 
 # ---------------------------------------------------------------- test files
 
+def _done_marker(folder: str, *what) -> str:
+    """Where to note that `folder` is complete: beside the node's root, never inside it (it would be zipped)."""
+    root = os.path.dirname(os.path.dirname(folder))
+    return os.path.join(root, ".complete-" + "-".join(map(str, (os.path.relpath(folder, root).replace(os.sep, "_"),
+                                                                *what))))
+
+
 def _small_files(folder: str, count: int, size: int) -> list[str]:
     """`count` files of `size` random bytes under folder/svc-NN/ (written once; kept with --workdir)."""
     paths = [os.path.join(folder, f"svc-{i % 20:02d}", f"{i:05d}.log") for i in range(count)]
-    done = os.path.join(folder, f".complete-{count}-{size}")
+    done = _done_marker(folder, count, size)
     if os.path.exists(done):
         return paths
     for i in range(20):
@@ -75,7 +82,7 @@ def _small_files(folder: str, count: int, size: int) -> list[str]:
 
 def _linked_files(folder: str, sources: list[str], count: int) -> None:
     """`count` hard links of `sources` (cycling) under folder/: a big plan without the disk space."""
-    done = os.path.join(folder, f".complete-{count}")
+    done = _done_marker(folder, count)
     if os.path.exists(done):
         return
     for i in range(100):
