@@ -2,17 +2,23 @@
 """Uploads: curl -T of a file to a node (PUT /files/up.bin) and through a node to its peer
 (PUT /nodes/b/files/up.bin on node a), config `uploads = true`.
 
-One batch (--size, default 1 GiB), measured in the same rounds:
+Batch "upload" (--size, default 1 GiB), measured in the same rounds:
   * curl -T to nginx WebDAV (dav_methods PUT: body to a temp file, renamed);
   * curl -T to nginx proxy_pass (proxy_request_buffering off) -> nginx WebDAV: the reference
     of the upload through a peer;
   * the node under each server, started as deploy/ does, to itself and through a peer.
+Batch "fan-out" (issue 15; --fanout-servers, default waitress,uwsgi; '' = skip), per server:
+  * PUT /files/up.bin to one node: the reference;
+  * PUT /cluster/files/up.bin on node a of a 3-node cluster: the body once, landing on a, b and c
+    (staged, then committed); compared by time with the single upload, and node a's peak RSS.
+  A node without `PUT /cluster/files/` (fan-out not merged yet) makes the row n/a, saying so.
 nginx does not fsync; wsgi_stream does (contract 4.2), so the disk's fsync speed (noted under
 the table) bounds the node and not nginx. Each upload replaces the previous one.
 
 How to run (repository root, the venv's python):
 
-    python bench/upload.py [--size 1G] [--servers waitress,uwsgi,gunicorn] [--rounds 5] [--quick] [--keep]
+    python bench/upload.py [--size 1G] [--servers waitress,uwsgi,gunicorn] [--fanout-servers waitress,uwsgi]
+        [--rounds 5] [--quick] [--keep]
 """
 
 from __future__ import annotations
@@ -28,11 +34,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import datafiles  # noqa: E402
 import servers  # noqa: E402
 from measuring import GiB, Upload, fmt_size, parse_size  # noqa: E402
-from runner import Batch, Benchmark, Option, Row, System, faster, main, rss_at_most  # noqa: E402
+from measuring import probe  # noqa: E402
+from processes import Unavailable  # noqa: E402
+from runner import Batch, Benchmark, Option, Row, System, faster, main, rss_at_most, time_at_most  # noqa: E402
 
 RSS = 60.0
 VS_NGINX = {"uwsgi": 1.0}   # x nginx WebDAV (issue 16); 0.5 for the others
 VS_NGINX_DEFAULT = 0.5
+FANOUT_TIME = 1.3           # fan-out to 3 nodes, x the time of one upload to one node (issue 15)
+FANOUT_RSS = 80.0           # MiB, the gateway (node a)
+FANOUT_NODES = "abc"
 
 
 def disk_fsync_mbps(path: str, size: int) -> float | None:
@@ -86,6 +97,48 @@ def _node(ws, server, threads, through: bool, size: int):
     return start
 
 
+def _fanout(ws, server, threads, size: int):
+    def start():
+        roots = {n: _dir(ws, f"fanout_{server}", f"root_{n}") for n in FANOUT_NODES}
+        nodes = servers.cluster(ws, f"fanout-{server}", roots, server, threads, uploads=True)
+        url = nodes["a"].base_url + "/cluster/files/probe.bin"
+        try:
+            probe(url, "PUT", b"x", expect=(200, 201))
+        except Unavailable as exc:
+            if " 405 " in f" {exc} " or " 404 " in f" {exc} ":
+                raise Unavailable("this tree has no PUT /cluster/files/ yet (fan-out, issue 15, is on branch "
+                                  f"`fanout`, not merged): {exc}") from None
+            raise
+
+        def after():
+            sizes = {n: os.path.getsize(os.path.join(roots[n], "up.bin")) for n in FANOUT_NODES}
+            if set(sizes.values()) != {size}:
+                raise ValueError(f"stored sizes {sizes}, expected {size} on every node")
+            return f"every node holds up.bin of {size} bytes"
+        return System(nodes["a"], peers=[nodes[n] for n in FANOUT_NODES[1:]], after=after)
+    return start
+
+
+def fanout_batch(ws, o, data: str, size: int, disk) -> Batch:
+    d = fmt_size(size)
+    rows = []
+    for server in [s.strip() for s in o.fanout_servers.split(",") if s.strip()]:
+        single = f"single {server}"
+        rows += [Row("wsgi_stream PUT /files/up.bin (one node)", server, _node(ws, server, o.threads, False, size),
+                     Upload("/files/up.bin", data, size), data=d, id=single),
+                 Row("fan-out PUT /cluster/files/up.bin (a, b, c)", server, _fanout(ws, server, o.threads, size),
+                     Upload("/cluster/files/up.bin", data, size, codes=(200, 201)), ref=single,
+                     data=f"{d} to 3 nodes", id=f"fanout {server}",
+                     targets=(time_at_most(FANOUT_TIME, single, True), rss_at_most(FANOUT_RSS, True)))]
+    return Batch(f"Fan-out upload, curl -T {d} to 3 nodes vs to one", rows, notes=[
+        "Fan-out: one body to node a, streamed at once to a's own disk and to b and c (PUT /stages/...), "
+        "committed when all three have it; its time is compared with one upload to one node, round by round.",
+        "CPU s/GiB and peak RSS: node a (the gateway); 'peers RSS': the larger of b's and c's.",
+        f"All 3 nodes write (and fsync) to the same disk here: {'n/a' if disk is None else f'{disk:.0f}'} MB/s "
+        "written + fsync under the work dir; on separate machines each node writes one copy.",
+        f"{o.threads} threads per WSGI server; curl -T with 'Expect:' disabled, file in the page cache."])
+
+
 def batches(ws, o):
     size = parse_size(o.size)
     data = datafiles.warm(datafiles.random_file(ws.path("data", f"random-{size}.bin"), size))
@@ -114,11 +167,16 @@ def batches(ws, o):
             f"{fmt_size(min(size, GiB))} written + fsync (wsgi_stream fsyncs every upload before the rename, "
             "nginx WebDAV does not).",
             f"{o.threads} threads per WSGI server; curl -T with 'Expect:' disabled, file in the page cache."])
+        shutil.rmtree(ws.path("upload"), ignore_errors=True)
+        if o.fanout_servers.strip():
+            yield fanout_batch(ws, o, data, size, disk)
     finally:
         shutil.rmtree(ws.path("upload"), ignore_errors=True)
 
 
-BENCH = Benchmark("upload", __doc__, batches, options={"size": Option("1G", "file size")},
+BENCH = Benchmark("upload", __doc__, batches,
+                  options={"size": Option("1G", "file size"),
+                           "fanout_servers": Option("waitress,uwsgi", "servers of the fan-out batch ('' = skip it)")},
                   quick={"size": "32M"})
 
 if __name__ == "__main__":
