@@ -6,13 +6,17 @@ Batch "one client" (--size, default 1 GiB), measured in the same rounds:
   * bench/bare_app.py (nothing but wsgi.file_wrapper(open(path), 1 MiB)) under each WSGI
     server with deploy/'s settings: the best a WSGI app can do there;
   * the node under each server, started as deploy/ does (tests/support.py server_command);
-  * the waitress node with MALLOC_ARENA_MAX=N (--arena-max N; 0 = skip).
+  * the waitress node with MALLOC_ARENA_MAX=N (--arena-max N; 0 = skip);
+  * --variants 'uwsgi:LABEL=ARGS; ...': the node with other settings than deploy/'s (ARGS added
+    to its command line, after deploy/'s file), to try settings before shipping them
+    (e.g. 'uwsgi:no offload=--offload-threads 0'); --bare-variants does the same for the bare app.
 Batch "many clients": --clients curls at once (default 32 x 64 MiB), node vs nginx, aggregate MB/s.
 
 How to run (repository root, the venv's python: /work/main/.venv/bin/python or `. .venv/bin/activate`):
 
     python bench/local_download.py [--size 1G] [--servers waitress,uwsgi,gunicorn] [--arena-max 2]
-        [--clients 32] [--clients-size 64M] [--rounds 5] [--threads 64] [--quick] [--keep]
+        [--clients 32] [--clients-size 64M] [--variants 'uwsgi:LABEL=ARGS; ...'] [--bare-variants ...]
+        [--rounds 5] [--threads 64] [--quick] [--keep]
 
 Targets (issue 16 and the earlier ones) are declared with the rows below.
 """
@@ -48,8 +52,9 @@ def _files(ws, size: int) -> str:
     return root
 
 
-def _node(ws, root, server, threads, env=None):
-    return lambda: System(servers.cluster(ws, f"local-{server}", {"a": root}, server, threads, env=env)["a"])
+def _node(ws, root, server, threads, env=None, extra=None):
+    return lambda: System(servers.cluster(ws, f"local-{server}", {"a": root}, server, threads, env=env,
+                                          extra=extra)["a"])
 
 
 def one_client(ws, o) -> Batch:
@@ -72,6 +77,14 @@ def one_client(ws, o) -> Batch:
         rows.append(Row(f"wsgi_stream /files/, MALLOC_ARENA_MAX={o.arena_max}", "waitress",
                         _node(ws, root, "waitress", o.threads, env), get, ref="nginx",
                         targets=(faster(0.95, "bare waitress"), rss_at_most(RSS)), data=data))
+    for server, label, extra in servers.parse_variants(o.variants):
+        rows.append(Row(f"wsgi_stream /files/, {label}", server, _node(ws, root, server, o.threads, extra=extra), get,
+                        ref="nginx", targets=NODE_TARGETS.get(server, tuple)(), data=data,
+                        id=f"node {server} {label}"))
+    for server, label, extra in servers.parse_variants(o.bare_variants):
+        rows.append(Row(f"bare file_wrapper app, {label}", server,
+                        lambda s=server, e=extra: System(servers.bare_app(ws, s, root, o.threads, e)), get,
+                        ref="nginx", data=data, id=f"bare {server} {label}"))
     return Batch(f"Local download, GET /files/big.bin ({data}), one client", rows,
                  notes=[f"{o.threads} threads per WSGI server; page cache warm; curl to /dev/null."])
 
@@ -102,7 +115,9 @@ BENCH = Benchmark(
     options={"size": Option("1G", "file size, one client"),
              "arena_max": Option(2, "also the waitress node under MALLOC_ARENA_MAX=N (0 = skip)"),
              "clients": Option(32, "downloads at once in the 'many clients' batch (0 = skip)"),
-             "clients_size": Option("64M", "file size in the 'many clients' batch")},
+             "clients_size": Option("64M", "file size in the 'many clients' batch"),
+             "variants": Option("", "'SERVER:LABEL=ARGS; ...': also the node with ARGS added to deploy/'s settings"),
+             "bare_variants": Option("", "the same for the bare file_wrapper app")},
     quick={"size": "32M", "clients": 8, "clients_size": "8M"})
 
 if __name__ == "__main__":

@@ -30,12 +30,29 @@ def cluster_config(path: str, nodes: dict[str, tuple[str, str]], **cluster) -> s
     return str(write_config(Path(path), {n: (u, Path(r)) for n, (u, r) in nodes.items()}, **cluster))
 
 
+def parse_variants(text: str) -> list[tuple[str, str, list[str]]]:
+    """'uwsgi:no offload=--offload-threads 0; gunicorn:8 threads=--threads 8' ->
+    [(server, label, extra arguments)]: the node as deploy/ ships it, plus those arguments
+    (after deploy/'s file on the command line, so they override it)."""
+    variants = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        head, _, args = part.partition("=")
+        server, _, label = head.partition(":")
+        if server.strip() not in WSGI_SERVERS or not label.strip():
+            raise ValueError(f"a variant is SERVER:LABEL=ARGS with SERVER one of {WSGI_SERVERS}: {part!r}")
+        variants.append((server.strip(), label.strip(), args.split()))
+    return variants
+
+
 def node(ws: Workspace, config: str, name: str, host: str, port: int, server: str, threads: int,
-         env: dict | None = None) -> Proc:
-    """Start wsgi_stream node `name` of `config` as deploy/ does; wait for its first HTTP answer."""
+         env: dict | None = None, extra: list[str] | None = None) -> Proc:
+    """Start wsgi_stream node `name` of `config` as deploy/ does (+ `extra` arguments); wait for its first answer."""
     if server not in WSGI_SERVERS:
         raise ValueError(server)
     argv, penv = server_command(server, Path(config), name, host, port, threads)
+    argv = argv + list(extra or [])
     proc = ws.start(f"node-{name}-{server}-{port}", argv, env=child_env(env, base=penv), cwd=REPO_ROOT,
                     host=host, port=port)
     wait_http(proc)
@@ -44,9 +61,10 @@ def node(ws: Workspace, config: str, name: str, host: str, port: int, server: st
 
 def cluster(ws: Workspace, tag: str, roots: dict[str, str], server: str, threads: int, *,
             env: dict | None = None, urls: dict[str, str] | None = None, start: str | None = None,
-            **keys) -> dict[str, Proc]:
+            extra: list[str] | None = None, **keys) -> dict[str, Proc]:
     """Write a config for the nodes of `roots` (name -> root) and start them (or only those named in
-    `start`), the last named first; `urls` gives some nodes another URL (e.g. nginx standing in)."""
+    `start`), the last named first; `urls` gives some nodes another URL (e.g. nginx standing in);
+    `extra`: arguments added to every node's command line."""
     specs, nodes = {}, {}
     for name in roots:
         host = ws.host()
@@ -57,7 +75,7 @@ def cluster(ws: Workspace, tag: str, roots: dict[str, str], server: str, threads
     for name in reversed(list(roots)):
         if start is None or name in start:
             host, port = specs[name]
-            nodes[name] = node(ws, config, name, host, port, server, threads, env)
+            nodes[name] = node(ws, config, name, host, port, server, threads, env, extra)
     return nodes
 
 
@@ -71,8 +89,8 @@ def _swap_app(argv: list[str], server: str, module: str) -> list[str]:
     return argv + [module]  # gunicorn: the positional app overrides wsgi_app
 
 
-def bare_app(ws: Workspace, server: str, root: str, threads: int) -> Proc:
-    """bench/bare_app.py (only wsgi.file_wrapper) serving root under `server`."""
+def bare_app(ws: Workspace, server: str, root: str, threads: int, extra: list[str] | None = None) -> Proc:
+    """bench/bare_app.py (only wsgi.file_wrapper) serving root under `server` (+ `extra` arguments)."""
     host = ws.host()
     port = free_port(host)
     env = {"BARE_ROOT": root}
@@ -82,7 +100,8 @@ def bare_app(ws: Workspace, server: str, root: str, threads: int) -> Proc:
         penv = child_env(env)
     else:
         node_argv, node_env = server_command(server, Path(os.devnull), "bare", host, port, threads)
-        argv, penv = _swap_app(node_argv, server, "bare_app:application"), child_env(env, base=node_env)
+        argv = _swap_app(node_argv, server, "bare_app:application") + list(extra or [])
+        penv = child_env(env, base=node_env)
     proc = ws.start(f"bare-{server}-{port}", argv, env=penv, cwd=BENCH_DIR, host=host, port=port)
     wait_http(proc, "/")
     return proc
