@@ -77,6 +77,16 @@ def one_client(ws, o) -> Batch:
         rows.append(Row(f"wsgi_stream /files/, MALLOC_ARENA_MAX={o.arena_max}", "waitress",
                         _node(ws, root, "waitress", o.threads, env), get, ref="nginx",
                         targets=(faster(0.95, "bare waitress"), rss_at_most(RSS)), data=data))
+    if o.range_rows:
+        # Range requests never take the file_wrapper path: the app's generator (read_range) sends them.
+        ranged = Download(["/files/big.bin"], size - 1, codes=(206,), byte_range="1-")
+        rows.append(Row("nginx sendfile, Range: bytes=1-", "nginx",
+                        lambda: System(servers.nginx(ws, "static", "static", root=root)), ranged, data=data,
+                        id="nginx range"))
+        for server in o.server_list:
+            rows.append(Row("wsgi_stream /files/, Range: bytes=1- (generator)", server,
+                            _node(ws, root, server, o.threads), ranged, ref="nginx range", data=data,
+                            id=f"node {server} range"))
     for server, label, extra in servers.parse_variants(o.variants):
         rows.append(Row(f"wsgi_stream /files/, {label}", server, _node(ws, root, server, o.threads, extra=extra), get,
                         ref="nginx", targets=NODE_TARGETS.get(server, tuple)(), data=data,
@@ -116,6 +126,7 @@ BENCH = Benchmark(
              "arena_max": Option(2, "also the waitress node under MALLOC_ARENA_MAX=N (0 = skip)"),
              "clients": Option(32, "downloads at once in the 'many clients' batch (0 = skip)"),
              "clients_size": Option("64M", "file size in the 'many clients' batch"),
+             "range_rows": Option(False, "also Range: bytes=1- (all but the first byte) from nginx and each node"),
              "variants": Option("", "'SERVER:LABEL=ARGS; ...': also the node with ARGS added to deploy/'s settings"),
              "bare_variants": Option("", "the same for the bare file_wrapper app")},
     quick={"size": "32M", "clients": 8, "clients_size": "8M"})

@@ -136,13 +136,14 @@ def summary(values: list[float]) -> dict:
 
 # ---------------------------------------------------------------- HTTP
 
-def probe(url: str, method: str = "GET", body: bytes | None = None, expect=(200,), timeout: float = 30.0) -> dict:
+def probe(url: str, method: str = "GET", body: bytes | None = None, expect=(200,), timeout: float = 30.0,
+          headers: dict | None = None) -> dict:
     """One small request before the timed runs: the answer's headers, or Unavailable with the reason."""
     hostport, _, path = url.removeprefix("http://").partition("/")
     host, _, port = hostport.partition(":")
     conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
     try:
-        conn.request(method, "/" + path, body=body)
+        conn.request(method, "/" + path, body=body, headers=headers or {})
         resp = conn.getresponse()
         if resp.status not in expect:
             snippet = resp.read(300).decode("utf-8", "replace").replace("\n", " ").strip()
@@ -163,8 +164,10 @@ class Transfer:
     ttfb: float = 0.0     # seconds to the first byte of the answer (curl's time_starttransfer)
 
 
-def _curl_argv(url: str, upload: str | None, max_time: float) -> list[str]:
+def _curl_argv(url: str, upload: str | None, max_time: float, byte_range: str | None = None) -> list[str]:
     argv = ["curl", "-s", "-o", "/dev/null", "--max-time", f"{max_time:.0f}", "-H", "Expect:"]
+    if byte_range:
+        argv += ["-r", byte_range]
     what = "size_upload" if upload else "size_download"
     if upload:
         argv += ["-T", upload]
@@ -179,9 +182,9 @@ def _parse_curl(out: str, status: int) -> Transfer:
         return Transfer(0, 0, 0.0, status)
 
 
-def curl(url: str, upload: str | None = None, max_time: float = 600.0) -> Transfer:
-    """One curl transfer to /dev/null (or `curl -T upload`)."""
-    out = subprocess.run(_curl_argv(url, upload, max_time), capture_output=True, text=True)
+def curl(url: str, upload: str | None = None, max_time: float = 600.0, byte_range: str | None = None) -> Transfer:
+    """One curl transfer to /dev/null (or `curl -T upload`; `byte_range`: curl -r, e.g. '1-')."""
+    out = subprocess.run(_curl_argv(url, upload, max_time, byte_range), capture_output=True, text=True)
     return _parse_curl(out.stdout, out.returncode)
 
 
@@ -228,22 +231,24 @@ class Download:
     counted: int | None = None
     min_mbps: float = 2.0  # sets the time limit of a run
     codes: tuple = (200,)
+    byte_range: str | None = None  # curl -r: a Range request (then `size` is the range's length)
 
     def describe(self) -> str:
-        return f"GET {', '.join(self.paths)}"
+        return f"GET {', '.join(self.paths)}" + (f" Range: bytes={self.byte_range}" if self.byte_range else "")
 
     def max_time(self) -> float:
         return max(120.0, (self.size or GiB) * len(self.paths) / (self.min_mbps * 1e6))
 
     def probe(self, base_url: str) -> None:
+        headers = {"Range": f"bytes={self.byte_range}"} if self.byte_range else None
         for path in self.paths:
-            probe(base_url + path, expect=self.codes)
+            probe(base_url + path, expect=self.codes, headers=headers)
 
     def run(self, base_url: str) -> RunResult:
         res = RunResult()
         for path in self.paths:
             url = base_url + path
-            t = curl(url, max_time=self.max_time())
+            t = curl(url, max_time=self.max_time(), byte_range=self.byte_range)
             err = _check(t, url, self.codes, self.size)
             if err:
                 return RunResult(error=err)
