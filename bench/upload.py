@@ -18,7 +18,7 @@ the table) bounds the node and not nginx. Each upload replaces the previous one.
 How to run (repository root, the venv's python):
 
     python bench/upload.py [--size 1G] [--servers waitress,uwsgi,gunicorn] [--fanout-servers waitress,uwsgi]
-        [--rounds 5] [--quick] [--keep]
+        [--variants 'uwsgi:LABEL=ARGS; ...'] [--rounds 5] [--quick] [--keep]
 """
 
 from __future__ import annotations
@@ -81,11 +81,11 @@ def _nginx_dav(ws, proxied: bool):
     return start
 
 
-def _node(ws, server, threads, through: bool, size: int):
+def _node(ws, server, threads, through: bool, size: int, extra=None, tag=""):
     def start():
-        roots = {n: _dir(ws, f"{server}_{int(through)}", f"root_{n}") for n in "ab"}
+        roots = {n: _dir(ws, f"{server}_{int(through)}{tag}", f"root_{n}") for n in "ab"}
         nodes = servers.cluster(ws, f"upload-{server}", roots, server, threads, uploads=True,
-                                start=None if through else "a")
+                                start=None if through else "a", extra=extra)
         dest = os.path.join(roots["b" if through else "a"], "up.bin")
 
         def after():
@@ -157,6 +157,11 @@ def batches(ws, o):
         rows.append(Row("wsgi_stream PUT /nodes/b/files/up.bin (a -> b)", server,
                         _node(ws, server, o.threads, True, size), put_b, ref="nginx proxy",
                         targets=(faster(VS_NGINX_DEFAULT, "nginx"), rss_at_most(RSS)), data=d))
+    for i, (server, label, extra) in enumerate(servers.parse_variants(o.variants)):
+        rows.append(Row(f"wsgi_stream PUT /files/up.bin, {label}", server,
+                        _node(ws, server, o.threads, False, size, extra, f"_v{i}"), put, ref="nginx",
+                        targets=(faster(VS_NGINX.get(server, VS_NGINX_DEFAULT), "nginx"),), data=d,
+                        id=f"node {server} {label}"))
     try:
         yield Batch(f"Upload, curl -T {d}", rows, notes=[
             "CPU s/GiB and peak RSS: the process the client talks to (node a / nginx front); 'peers RSS': node b's "
@@ -176,7 +181,9 @@ def batches(ws, o):
 
 BENCH = Benchmark("upload", __doc__, batches,
                   options={"size": Option("1G", "file size"),
-                           "fanout_servers": Option("waitress,uwsgi", "servers of the fan-out batch ('' = skip it)")},
+                           "fanout_servers": Option("waitress,uwsgi", "servers of the fan-out batch ('' = skip it)"),
+                           "variants": Option("", "'SERVER:LABEL=ARGS; ...': also the node (PUT /files/) with ARGS "
+                                                  "added to deploy/'s settings")},
                   quick={"size": "32M"})
 
 if __name__ == "__main__":
