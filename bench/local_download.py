@@ -87,14 +87,18 @@ def one_client(ws, o) -> Batch:
             rows.append(Row("wsgi_stream /files/, Range: bytes=1- (generator)", server,
                             _node(ws, root, server, o.threads), ranged, ref="nginx range", data=data,
                             id=f"node {server} range"))
+    ids = {row.id for row in rows}
     for server, label, extra in servers.parse_variants(o.variants):
+        # × ref: the variant against the node as deployed when it is measured too, else against nginx
         rows.append(Row(f"wsgi_stream /files/, {label}", server, _node(ws, root, server, o.threads, extra=extra), get,
-                        ref="nginx", targets=NODE_TARGETS.get(server, tuple)(), data=data,
+                        ref=f"node {server}" if f"node {server}" in ids else "nginx",
+                        targets=NODE_TARGETS.get(server, tuple)(), data=data,
                         id=f"node {server} {label}"))
     for server, label, extra in servers.parse_variants(o.bare_variants):
         rows.append(Row(f"bare file_wrapper app, {label}", server,
                         lambda s=server, e=extra: System(servers.bare_app(ws, s, root, o.threads, e)), get,
-                        ref="nginx", data=data, id=f"bare {server} {label}"))
+                        ref=f"bare {server}" if f"bare {server}" in ids else "nginx", data=data,
+                        id=f"bare {server} {label}"))
     return Batch(f"Local download, GET /files/big.bin ({data}), one client", rows,
                  notes=[f"{o.threads} threads per WSGI server; page cache warm; curl to /dev/null."])
 
@@ -110,12 +114,19 @@ def many_clients(ws, o) -> Batch:
         targets = (faster(0.85, "nginx", True), rss_at_most(CLIENTS_RSS, True)) if server == "waitress" else ()
         rows.append(Row("wsgi_stream /files/, clients at once", server, _node(ws, root, server, o.threads), get,
                         ref="nginx", targets=targets, data=data, id=f"node {server}"))
+    ids = {row.id for row in rows}
+    for server, label, extra in servers.parse_variants(o.variants):
+        rows.append(Row(f"wsgi_stream /files/, clients at once, {label}", server,
+                        _node(ws, root, server, o.threads, extra=extra), get,
+                        ref=f"node {server}" if f"node {server}" in ids else "nginx", data=data,
+                        id=f"node {server} {label}"))
     return Batch(f"Local download, {o.clients} clients at once, GET /files/big.bin ({fmt_size(size)})", rows,
                  notes=["MB/s = all the bytes of the round over its wall time (every curl started at once)."])
 
 
 def batches(ws, o):
-    yield one_client(ws, o)
+    if not o.no_one_client:
+        yield one_client(ws, o)
     if o.clients > 0:
         yield many_clients(ws, o)
 
@@ -124,6 +135,7 @@ BENCH = Benchmark(
     "local", __doc__, batches,
     options={"size": Option("1G", "file size, one client"),
              "arena_max": Option(2, "also the waitress node under MALLOC_ARENA_MAX=N (0 = skip)"),
+             "no_one_client": Option(False, "skip the one-client batch"),
              "clients": Option(32, "downloads at once in the 'many clients' batch (0 = skip)"),
              "clients_size": Option("64M", "file size in the 'many clients' batch"),
              "range_rows": Option(False, "also Range: bytes=1- (all but the first byte) from nginx and each node"),

@@ -153,13 +153,17 @@ def batches(ws, o):
     for server in o.server_list:
         vs = VS_NGINX.get(server, VS_NGINX_DEFAULT)
         rows.append(Row("wsgi_stream PUT /files/up.bin", server, _node(ws, server, o.threads, False, size), put,
-                        ref="nginx", targets=(faster(vs, "nginx", True), rss_at_most(RSS)), data=d))
+                        ref="nginx", targets=(faster(vs, "nginx", True), rss_at_most(RSS)), data=d,
+                        id=f"node {server}"))
         rows.append(Row("wsgi_stream PUT /nodes/b/files/up.bin (a -> b)", server,
                         _node(ws, server, o.threads, True, size), put_b, ref="nginx proxy",
                         targets=(faster(VS_NGINX_DEFAULT, "nginx"), rss_at_most(RSS)), data=d))
+    ids = {row.id for row in rows}
     for i, (server, label, extra) in enumerate(servers.parse_variants(o.variants)):
+        # × ref: the variant against the node as deployed when it is measured too, else against nginx
         rows.append(Row(f"wsgi_stream PUT /files/up.bin, {label}", server,
-                        _node(ws, server, o.threads, False, size, extra, f"_v{i}"), put, ref="nginx",
+                        _node(ws, server, o.threads, False, size, extra, f"_v{i}"), put,
+                        ref=f"node {server}" if f"node {server}" in ids else "nginx",
                         targets=(faster(VS_NGINX.get(server, VS_NGINX_DEFAULT), "nginx"),), data=d,
                         id=f"node {server} {label}"))
     try:
