@@ -275,6 +275,9 @@ class Upload:
 
     def run(self, base_url: str) -> RunResult:
         url = base_url + self.path
+        # The previous run's dirty pages (nginx does not fsync) would otherwise be written back during
+        # this one, making each run's time depend on which system ran before it; not timed.
+        os.sync()
         t = curl(url, upload=self.source, max_time=max(120.0, self.size / (self.min_mbps * 1e6)))
         err = _check(t, url, self.codes, self.size)
         return RunResult(error=err) if err else RunResult(t.nbytes, t.nbytes, t.seconds)
