@@ -16,7 +16,7 @@ from processes import REPO_ROOT, child_env
 PACKAGES = ("waitress", "uWSGI", "gunicorn", "werkzeug", "urllib3", "zipstream-new", "isal")
 TOOLS = {"nginx": ["nginx", "-v"], "haproxy": ["haproxy", "-v"], "curl": ["curl", "--version"],
          "uwsgi": ["uwsgi", "--version"]}
-ORDER = ["local", "forward", "zip", "upload"]
+ORDER = ["local", "forward", "zip", "upload", "many"]
 # metric -> (key of a round's record, words before the target, unit)
 METRICS = {"speed": ("mbps", "", " MB/s"), "cpu": ("cpu_per_gib", "CPU/GiB ", " s/GiB"),
            "rss": (None, "peak RSS ", " MiB"), "time": ("seconds", "time ", " s"),

@@ -5,7 +5,7 @@ How to run (repository root, the venv's python; nginx, haproxy and curl on the P
 
     python bench/run_all.py --quick          # smoke test: small files, 2 rounds, no verdicts (< 3 minutes)
     python bench/run_all.py                  # the recorded run: full sizes, 5 rounds (long: the machine is shared)
-    python bench/run_all.py [--only local,forward,zip,upload] [--rounds 5] [--threads 64]
+    python bench/run_all.py [--only local,forward,zip,upload,many] [--rounds 5] [--threads 64]
         [--servers waitress,uwsgi,gunicorn] [--size SIZE] [--wait-idle 20] [--out tables.md] [--keep] [--workdir DIR]
     python bench/report.py                   # README's headline table from the newest bench/results/*.json
 
@@ -25,12 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_zip  # noqa: E402
 import forward  # noqa: E402
 import local_download  # noqa: E402
+import many_files  # noqa: E402
 import reporting  # noqa: E402
 import runner  # noqa: E402
 import upload  # noqa: E402
 from processes import Workspace, install_signal_handlers, stop_all  # noqa: E402
 
-BENCHES = {b.name: b for b in (local_download.BENCH, forward.BENCH, cluster_zip.BENCH, upload.BENCH)}
+BENCHES = {b.name: b for b in (local_download.BENCH, forward.BENCH, cluster_zip.BENCH, upload.BENCH, many_files.BENCH)}
 PASSED_ON = ("rounds", "threads", "servers", "size", "wait_idle", "results")
 
 
@@ -52,11 +53,13 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def bench_argv(args: argparse.Namespace) -> list[str]:
-    """The options run_all passes on to each benchmark (only those given)."""
+def bench_argv(args: argparse.Namespace, bench: runner.Benchmark | None = None) -> list[str]:
+    """The options run_all passes on to each benchmark (only those given, and that it takes)."""
     argv = ["--quick"] if args.quick else []
     for dest in PASSED_ON:
         value = getattr(args, dest)
+        if dest == "size" and bench is not None and "size" not in bench.options:
+            continue  # e.g. many_files: sizes of its own
         if value is not None:
             argv += ["--" + dest.replace("_", "-"), str(value)]
     return argv + (["--no-results"] if args.no_results else [])
@@ -73,7 +76,7 @@ def main(argv=None) -> None:
             for name in [n.strip() for n in args.only.split(",") if n.strip()]:
                 bench, t0 = BENCHES[name], time.monotonic()
                 try:
-                    results = runner.run(bench, runner.parse(bench, bench_argv(args)), ws, stamp)
+                    results = runner.run(bench, runner.parse(bench, bench_argv(args, bench)), ws, stamp)
                     tables += [reporting.render_batch(b) for b in results["batches"]]
                 except Exception as exc:  # noqa: BLE001 - one benchmark failing must not stop the others
                     msg = f"### {name}: n/a ({type(exc).__name__}: {exc})\n"
