@@ -258,3 +258,26 @@ def http(method: str, url: str, headers: dict | None = None, body=None, stream: 
     if not stream:
         pool.clear()
     return response
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy (or `timeout` s pass); its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def read_head(s: socket.socket, data: bytes = b"") -> tuple[int, dict, bytes]:
+    """Status, headers (lower-case names) and the body bytes that came with them, read from `s`."""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before the headers: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, rest

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from support import wait_for  # noqa: F401 (the web tests take it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_DIR = REPO / "wsgi_stream" / "web"
@@ -53,13 +54,3 @@ def zip_members(data: bytes) -> dict[str, bytes]:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.testzip() is None
         return {name: archive.read(name) for name in archive.namelist()}
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
-    """Poll `predicate` until it returns something truthy (files landing on disk, for example)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)

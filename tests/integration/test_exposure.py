@@ -40,21 +40,14 @@ def node(tmp_path_factory):
 
 def read_response(s: socket.socket, data: bytes = b"") -> tuple[int, dict, bytes, bytes]:
     """(status, headers, body, bytes after it) of one response with a Content-Length."""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before the head: {data!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    status, headers, rest = support.read_head(s, data)
     length = int(headers.get("content-length", 0))
     while len(rest) < length:
         chunk = s.recv(65536)
         if not chunk:
             break
         rest += chunk
-    return int(lines[0].split()[1]), headers, rest[:length], rest[length:]
+    return status, headers, rest[:length], rest[length:]
 
 
 def push_body(node, head: bytes, total: int, chunked: bool = False) -> tuple[int, dict, bytes, int, float]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import support
+from support import wait_for
 from faultproxy import proxied_cluster
 
 TEMP_PREFIX = ".wsgi_stream-upload-"
@@ -64,15 +65,6 @@ def leftovers(root: Path) -> list[str]:
             dirs.remove(SPOOL)
         found += [os.path.join(d, n) for n in dirs + files if n.startswith(TEMP_PREFIX)]
     return found
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def assert_as_reported(cluster, names, path: str, doc: dict, new: bytes, old: dict[str, bytes | None]) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import support
+from support import read_head
 
 POOL_MAXSIZE = 16  # wsgi_stream.peers.PeerClient: idle keep-alive connections kept per peer
 
@@ -76,20 +77,6 @@ def expected(kind: str, a, b, name: str) -> bytes | None:
 
 def open_download(node, path, extra=b"", rcvbuf=None) -> socket.socket:
     return support.raw_get(node, path, b"Connection: close\r\n" + extra, rcvbuf)
-
-
-def read_head(s: socket.socket) -> tuple[int, dict, bytes]:
-    """Status, headers (lower-case names) and the body bytes that came with them."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before the headers: {data!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, rest
 
 
 def slow_download(node, path, extra, block=64 << 10, pause=0.05) -> tuple[int, bytes]:

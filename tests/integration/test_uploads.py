@@ -18,6 +18,7 @@ import pytest
 import urllib3
 
 import support
+from support import wait_for
 from faultproxy import FaultProxy
 
 TEMP_PREFIX = ".wsgi_stream-upload-"
@@ -98,15 +99,6 @@ def refused_body_is_not_a_request(node, path: str) -> None:
             pass
     assert received.startswith(b"HTTP/1.1 412 ") and received.count(b"HTTP/1.1 ") == 1, received
     assert not (node.root / "smuggled.txt").exists()
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def no_temp_files(root: Path) -> bool:
