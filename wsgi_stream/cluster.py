@@ -49,16 +49,16 @@ class FileItem:
     mtime: float | None
     etag: str
     crc: int | None = None  # CRC-32 when the node already knew it
+    member: str = ""  # its name in the archive: the original, made portable (see portable.py)
+
+    def __post_init__(self):
+        if not self.member:
+            self.member = portable_path(self.original)
 
     @property
     def original(self) -> str:
         """`{node}/{path}`: the name as the node has it."""
         return f"{self.node}/{self.path}"
-
-    @property
-    def member(self) -> str:
-        """Its name in the archive: the original, made portable (see portable.py)."""
-        return portable_path(self.original)
 
 
 @dataclass
@@ -136,7 +136,7 @@ def _collect(result: NodeResult, entries: Iterable, prefix: str, selection: Sele
         if not selection.picks(below(path, prefix), size, float(mtime) if ok_mtime else None):
             continue
         result.files.append(FileItem(result.node, path, size, float(mtime) if ok_mtime else None, etag,
-                                     _crc(entry.get("crc32"))))
+                                     _crc(entry.get("crc32")), member))
     result.files.sort(key=lambda item: item.path)
     return result
 

@@ -62,15 +62,28 @@ def _skip(name: str, rel: str, reason: str) -> dict:
 
 
 def examine(real_root: str, path: str, name: str, rel: str,
-            crcs: CrcCache | None = None) -> tuple[dict | None, str | None]:
+            crcs: CrcCache | None = None, in_real_folder: bool = False) -> tuple[dict | None, str | None]:
     """(entry, None) for a file or folder that can be offered, (None, reason) otherwise.
 
     (None, None) for what is not worth a word: an upload's temporary file, an entry that vanished.
+    `in_real_folder`: `path`'s folder is a real path inside the root (a walk that follows no
+    symlinked folder), so only a symlink itself needs resolving.
     """
     if is_temp_name(name):
         return None, None
     if not _utf8(name):
         return None, "name is not valid UTF-8"
+    if in_real_folder:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"cannot be examined: {exc.strerror}"
+        if not stat_mod.S_ISLNK(st.st_mode):  # its real path is `path` itself: no realpath() needed
+            if not (stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode)):
+                return None, f"{kind_of(st.st_mode)}: only regular files are served"
+            return _entry(name, rel, st, crcs), None
     real = _inside(real_root, path)
     if real is None:
         return None, "a symbolic link leading outside the root"
@@ -133,8 +146,11 @@ def walk(root: Path, rel: str, crcs: CrcCache | None = None) -> tuple[list[dict]
     real_root = os.path.realpath(root)
     files, skipped = [], []
 
+    top = os.fspath(directory)
+
     def inner(dirpath: str, name: str) -> str:
-        sub = os.path.relpath(os.path.join(dirpath, name), directory)
+        # os.walk's dirpaths all start with `top`: the path below it, without relpath()'s cost.
+        sub = f"{dirpath[len(top) + 1:]}/{name}" if dirpath != top else name
         return f"{rel}/{sub}" if rel else sub
 
     def unreadable(exc: OSError) -> None:
@@ -156,7 +172,7 @@ def walk(root: Path, rel: str, crcs: CrcCache | None = None) -> tuple[list[dict]
         dirnames[:] = kept
         for name in filenames:
             path = os.path.join(dirpath, name)
-            entry, reason = examine(real_root, path, name, inner(dirpath, name), crcs)
+            entry, reason = examine(real_root, path, name, inner(dirpath, name), crcs, in_real_folder=True)
             if entry is not None and entry["type"] == "file" and not os.access(path, os.R_OK):
                 entry, reason = None, "a file this node may not read"
             if entry is not None and entry["type"] == "file":
