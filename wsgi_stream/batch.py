@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 from . import local
 from .config import LocalNode
@@ -101,7 +101,7 @@ class _Retry(Exception):
 class PeerFiles:
     """Reads a peer's files in planned order through few `POST /batch` requests, resuming breaks."""
 
-    def __init__(self, peers: PeerClient, node: str, files: list[Wanted], chunk_size: int):
+    def __init__(self, peers: PeerClient, node: str, files: Sequence[Wanted], chunk_size: int):
         self.peers, self.node, self.files, self.chunk_size = peers, node, files, chunk_size
         self.response: PeerResponse | None = None
         self.position: tuple[int, int] | None = None  # (file index, offset) the open stream is at
@@ -113,14 +113,7 @@ class PeerFiles:
                 or self.files[index].size > BATCHED_SIZE:
             return
         self.close()
-        run = []
-        for wanted in self.files[index:]:
-            if wanted.size > BATCHED_SIZE:
-                break
-            run.append(wanted)
-        files = [{"path": w.path, "etag": w.etag} for w in run]
-        files[0]["offset"] = offset
-        body = json.dumps({"files": files}).encode()
+        body = _request_body(self.files, index, offset)
         try:
             self.response = self.peers.open(self.node, "POST", "/batch", {"Content-Type": "application/json"},
                                             body=body, replayable=lambda: True)
@@ -204,6 +197,20 @@ class PeerFiles:
             self.response.discard()
             self.response = None
         self.position = None
+
+
+def _request_body(files, index: int, offset: int) -> bytes:
+    """The batch request for `files` from `index` (at `offset`) up to the first big one."""
+    pieces = []
+    for k in range(index, len(files)):
+        wanted = files[k]
+        if wanted.size > BATCHED_SIZE:
+            break
+        entry = {"path": wanted.path, "etag": wanted.etag}
+        if k == index:
+            entry["offset"] = offset
+        pieces.append(json.dumps(entry))
+    return f'{{"files": [{", ".join(pieces)}]}}'.encode()
 
 
 def single_file(peers: PeerClient, node: str, wanted: Wanted, offset: int, chunk_size: int) -> Iterator[bytes]:

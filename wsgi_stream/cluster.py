@@ -13,246 +13,29 @@ import hashlib
 import json
 import logging
 import os
-import stat as stat_mod
 import time
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from bisect import bisect_right
+from typing import Iterable, Iterator, Sequence
 
 from werkzeug.datastructures import EnvironHeaders
-from werkzeug.http import http_date, parse_date, parse_range_header
+from werkzeug.http import http_date, parse_range_header
 
 from . import listing, local
+from .batch import PeerFiles, Wanted, single_file
 from .config import LocalNode
 from .crc import CrcCache, RunningCrc, crc32
 from .errors import ApiError, BadGateway, NotFound, RangeNotSatisfiable, StreamBroken
-from .paths import clean_relpath, read_error, resolve
-from .batch import PeerFiles, Wanted, single_file
+from .paths import clean_relpath
 from .peers import PeerClient, TooSlow, quote_path
-from .portable import check_segments, portable_path
-from .selection import Selection, below, pick_entries
+from .plan import EVERYTHING, FileItem, NodeResult, check_found, plan_cluster, refused, select_nodes
+from .portable import check_segments
 from .replies import status_line, wsgi_error
+from .selection import Selection, pick_entries
 from .zipfmt import Member, ZipLayout, check_name
 
 log = logging.getLogger("wsgi_stream.cluster")
 
 REPORT_NAME = "_cluster.json"
-EVERYTHING = Selection()
-
-
-@dataclass(slots=True)
-class FileItem:
-    """One file of one node as planned: where it is, what it is, and its name in the archive."""
-
-    node: str
-    path: str
-    size: int
-    mtime: float | None
-    etag: str
-    crc: int | None = None  # CRC-32 when the node already knew it
-    member: str = ""  # its name in the archive: the original, made portable (see portable.py)
-
-    def __post_init__(self):
-        if not self.member:
-            self.member = portable_path(self.original)
-
-    @property
-    def original(self) -> str:
-        """`{node}/{path}`: the name as the node has it."""
-        return f"{self.node}/{self.path}"
-
-
-@dataclass
-class NodeResult:
-    """What one node has under the path: status `ok`, `missing` or `error`, and its usable files."""
-
-    node: str
-    status: str
-    message: str | None = None
-    files: list[FileItem] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)  # entries left out: {"name", "message"}
-    code: str | None = None  # why a `missing` node cannot have the path (name_too_long), if not plain 404
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "error" or bool(self.errors)
-
-
-# -- the request's options -----------------------------------------------------------------------
-
-def select_nodes(known: list[str], wanted: Iterable[str] | None) -> list[str]:
-    """The `wanted` nodes in config order (all when None); 404 for a name not in `known`."""
-    if wanted is None:
-        return list(known)
-    wanted = set(wanted)
-    for name in sorted(wanted - set(known)):
-        raise NotFound(f"No node called {name!r} in this cluster.", code="unknown_node")
-    return [name for name in known if name in wanted]
-
-
-# -- the plan ------------------------------------------------------------------------------------
-
-def _printable(value) -> str:
-    # A name from a peer may hold lone surrogates; the report must still encode as UTF-8.
-    text = value if isinstance(value, str) else repr(value)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _strong_etag(value) -> bool:
-    return isinstance(value, str) and len(value) >= 2 and value.startswith('"') and value.endswith('"')
-
-
-def _crc(value) -> int | None:
-    try:
-        return int(value, 16) if isinstance(value, str) and len(value) == 8 else None
-    except ValueError:
-        return None
-
-
-def _collect(result: NodeResult, entries: Iterable, prefix: str, selection: Selection = EVERYTHING) -> NodeResult:
-    """Keep the entries that are usable files with safe names and `selection` picks; report bad ones."""
-    seen, members = set(), {}
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("type", "file") != "file":
-            continue
-        path, size, etag, mtime = entry.get("path"), entry.get("size"), entry.get("etag"), entry.get("mtime")
-        try:
-            if not isinstance(path, str) or not (path == prefix or path.startswith(prefix + "/") or not prefix):
-                raise ValueError("not under the requested path")
-            member = check_name(portable_path(f"{result.node}/{path}"))
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ValueError("no valid size")
-            if not _strong_etag(etag):
-                raise ValueError("no strong ETag")
-            if path in seen:
-                raise ValueError("listed twice")
-            if member in members:
-                raise ValueError(f"its portable name {member!r} is that of {members[member]!r}")
-        except ValueError as exc:
-            result.errors.append({"name": _printable(path), "message": f"left out: {exc}"})
-            continue
-        seen.add(path)
-        members[member] = path
-        ok_mtime = isinstance(mtime, (int, float)) and not isinstance(mtime, bool)
-        if not selection.picks(below(path, prefix), size, float(mtime) if ok_mtime else None):
-            continue
-        result.files.append(FileItem(result.node, path, size, float(mtime) if ok_mtime else None, etag,
-                                     _crc(entry.get("crc32")), member))
-    result.files.sort(key=lambda item: item.path)
-    return result
-
-
-def _refused(node: str, error: ApiError) -> NodeResult:
-    """A node's 4xx about the path: `missing` when the path cannot be there (404, 400), else `error`."""
-    if error.status == 404:
-        return NodeResult(node, "missing", "No such file or directory.")
-    if error.status == 400:
-        return NodeResult(node, "missing", error.message, code=error.code)
-    return NodeResult(node, "error", error.message)
-
-
-def _skipped(result: NodeResult, skipped) -> NodeResult:
-    """Report what a node's listing skipped (a FIFO, an unreadable file...) as left out."""
-    for entry in skipped if isinstance(skipped, list) else []:
-        if isinstance(entry, dict):
-            result.errors.append({"name": _printable(entry.get("path")),
-                                  "message": f"left out: {_printable(entry.get('reason'))}"})
-    return result
-
-
-def plan_local(here: LocalNode, rel: str, selection: Selection = EVERYTHING, crcs: CrcCache | None = None) -> NodeResult:
-    """What this node has under `rel`, from its disk."""
-    result = NodeResult(here.name, "ok")
-    try:
-        target = resolve(here.root, rel)
-        try:
-            st = os.stat(target)
-        except OSError as exc:
-            raise read_error(exc, "file") from None
-        if stat_mod.S_ISDIR(st.st_mode):
-            files, skipped = listing.walk(here.root, rel, crcs)
-            return _skipped(_collect(result, files, rel, selection), skipped)
-    except ApiError as exc:
-        return _refused(here.name, exc)
-    if not stat_mod.S_ISREG(st.st_mode):
-        return _skipped(result, [{"path": rel, "reason": f"{listing.kind_of(st.st_mode)}: only regular "
-                                                          "files are served"}])
-    if not os.access(target, os.R_OK):
-        return _skipped(result, [{"path": rel, "reason": "a file this node may not read"}])
-    entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime, "etag": local.file_etag(st)}
-    return _collect(result, [entry], rel, selection)
-
-
-def _peer_file(peers: PeerClient, node: str, rel: str, selection: Selection) -> NodeResult:
-    with peers.open(node, "HEAD", "/files/" + quote_path(rel), timeout=peers.planning_timeout) as response:
-        if response.status in (400, 404):
-            return NodeResult(node, "missing", "No such file or directory.")
-        if response.status != 200:
-            return NodeResult(node, "error", f"Node {node} answered {response.status} for the file.")
-        headers = response.headers
-        try:
-            size = int(headers.get("Content-Length", ""))
-        except ValueError:
-            return NodeResult(node, "error", f"Node {node} sent no valid Content-Length.")
-        modified = parse_date(headers.get("Last-Modified"))
-        entry = {"path": rel, "size": size, "etag": headers.get("ETag"),
-                 "mtime": modified.timestamp() if modified else None}
-        return _collect(NodeResult(node, "ok"), [entry], rel, selection)
-
-
-def plan_peer(peers: PeerClient, node: str, rel: str, selection: Selection = EVERYTHING) -> NodeResult:
-    """What peer `node` has under `rel`: its recursive listing, or else HEAD of the file."""
-    try:
-        document = peers.get_json(node, "/list/" + quote_path(rel) + "?recursive=1" + selection.query(),
-                                  timeout=peers.planning_timeout)
-    except ApiError as exc:
-        if exc.status != 404:
-            return _refused(node, exc)
-    else:
-        entries = document.get("entries") if isinstance(document, dict) else None
-        if not isinstance(entries, list):
-            return NodeResult(node, "error", f"Node {node} sent a listing without entries.")
-        return _skipped(_collect(NodeResult(node, "ok"), entries, rel, selection), document.get("skipped"))
-    if not rel:
-        return NodeResult(node, "missing", "No such directory.")
-    try:
-        return _peer_file(peers, node, rel, selection)
-    except ApiError as exc:
-        return NodeResult(node, "error", exc.message)
-
-
-def _plan_node(here: LocalNode, peers: PeerClient, node: str, rel: str, selection: Selection,
-               crcs: CrcCache | None) -> NodeResult:
-    try:
-        if node == here.name:
-            return plan_local(here, rel, selection, crcs)
-        return plan_peer(peers, node, rel, selection)
-    except Exception as exc:  # one node's surprise must not sink the others
-        log.exception("planning %r on node %s", rel, node)
-        return NodeResult(node, "error", f"Unexpected error asking node {node}: {type(exc).__name__}.")
-
-
-def plan_cluster(here: LocalNode, peers: PeerClient, rel: str, nodes: list[str],
-                 selection: Selection = EVERYTHING, crcs: CrcCache | None = None) -> list[NodeResult]:
-    """Ask every node in `nodes` concurrently what it has under `rel`; a node past the budget is an error."""
-    answers = peers.each(lambda node: _plan_node(here, peers, node, rel, selection, crcs), nodes,
-                         peers.config.plan_timeout)
-    return [NodeResult(node, "error", str(a)) if isinstance(a, TooSlow) else a for node, a in zip(nodes, answers)]
-
-
-def _check_found(results: list, what: str) -> None:
-    """404 if every node lacks `what` (400 if every one refused its name alike), 502 if none has it
-    and some could not be asked."""
-    if any(r.status == "ok" for r in results):
-        return
-    failed = [r for r in results if r.status == "error"]
-    if failed:
-        detail = "; ".join(f"{r.node}: {r.message}" for r in failed)
-        raise BadGateway(f"No node that answered has {what}, and some could not be asked ({detail}).",
-                         code="nodes_failed")
-    codes = {r.code for r in results}
-    if len(codes) == 1 and None not in codes:
-        raise ApiError(f"No node can have {what}: {results[0].message}", status=400, code=codes.pop())
-    raise NotFound(f"No node has {what}.")
 
 
 # -- the members' bytes --------------------------------------------------------------------------
@@ -365,29 +148,46 @@ class ClusterArchive:
         self.results = [] if self.path is None else plan_cluster(here, peers, self.path, names, selection,
                                                                  self.crcs)
         if self.path is not None:
-            _check_found(self.results, repr(self.path) if self.path else "the root folder")
+            check_found(self.results, repr(self.path) if self.path else "the root folder")
             if selection.active and not any(r.files for r in self.results):
                 raise NotFound("No file matches the selection.", code="nothing_selected")
         if strict and any(r.failed for r in self.results):
             detail = "; ".join(f"{r.node}: {r.message or 'entries left out'}" for r in self.results if r.failed)
             raise BadGateway(f"Not every node could deliver ({detail}).", code="nodes_failed")
-        self._items = [item for r in self.results for item in r.files]
-        # Where each item is in its node's list, and the node whose files come next.
-        self._place: list[tuple[int, str | None]] = []
-        with_files = [r.node for r in self.results if r.files]
-        for r in self.results:
-            following = with_files[with_files.index(r.node) + 1:] if r.files else []
-            self._place += [(k, following[0] if following else None) for k in range(len(r.files))]
+        # Member i is file i - starts[n] of the n-th node with files; `following` is the next such node.
+        self._holders = [r for r in self.results if r.files]
+        self._starts, count = [], 0
+        for r in self._holders:
+            self._starts.append(count)
+            count += len(r.files)
+        self._count = count
+        self._following = {a.node: b.node for a, b in zip(self._holders, self._holders[1:])}
         # One reader per peer: its files come through few batch requests, in archive order.
-        self._readers = {r.node: PeerFiles(peers, r.node, [Wanted(f.path, f.etag, f.size) for f in r.files],
-                                           here.chunk_size)
-                         for r in self.results if r.node != here.name and r.files}
+        self._readers = {r.node: PeerFiles(peers, r.node, r.files.wanted(), here.chunk_size)
+                         for r in self._holders if r.node != here.name}
         self._generated: list[tuple[str, Iterable[bytes], int | None, float | None]] = []
-        self._names = {item.member for item in self._items}
         self._layout: ZipLayout | None = None
-        mtimes = [item.mtime for item in self._items if item.mtime is not None]
+        self._etag: str | None = None
         # The report's own time is the newest member's: fixed by the plan, like its content.
-        self.modified = max(mtimes) if mtimes else 0.0
+        self.modified = max((max(filter(lambda m: m == m, r.files.mtimes), default=0.0) for r in self._holders),
+                            default=0.0)
+
+    def _item(self, index: int) -> tuple[NodeResult, int]:
+        """(its node's result, its place in that node's files) of planned file `index`."""
+        n = bisect_right(self._starts, index) - 1
+        return self._holders[n], index - self._starts[n]
+
+    def _is_member(self, name: str) -> bool:
+        node, _, path = name.partition("/")
+        for r in self._holders:
+            files = r.files
+            if r.node == node:
+                k = bisect_right(files.paths, path) - 1
+                if k >= 0 and files.paths[k] == path and files.member(k) == name:
+                    return True
+            if name in files.renamed.values():
+                return True
+        return False
 
     # -- building ------------------------------------------------------------------------------------
 
@@ -398,28 +198,32 @@ class ClusterArchive:
         if name == REPORT_NAME:
             raise ValueError(f"{REPORT_NAME} is written by the archive itself")
         check_name(name)
-        if name in self._names:
+        if self._is_member(name) or any(name == other for other, _, _, _ in self._generated):
             raise ValueError(f"duplicate member name {name!r}")
         if size is not None and size < 0:
             raise ValueError("negative size")
-        self._names.add(name)
         self._generated.append((name, chunks, size, mtime))
 
     @property
     def layout(self) -> ZipLayout:
         """The archive's layout; fixed (no more `add`) once asked for."""
         if self._layout is None:
-            members = [Member(item.member, item.size, item.mtime, self._known_crc(item)) for item in self._items]
-            members += [Member(name, size, mtime) for name, _, size, mtime in self._generated]
             report_size = None if any(size is None for _, _, size, _ in self._generated) \
                 else sum(map(len, self._report_pieces(lambda i: 0, lambda i, size: size)))
-            members.append(Member(REPORT_NAME, report_size, self.modified))
-            self._layout = ZipLayout(members, self.deflate)
+            self._layout = ZipLayout(_Members(self, Member(REPORT_NAME, report_size, self.modified)), self.deflate,
+                                     unique=True)
         return self._layout
 
-    def _known_crc(self, item: FileItem) -> int | None:
-        crc = self.crcs.get((item.node, item.path, item.etag))
-        return crc if crc is not None else item.crc
+    def _member(self, index: int) -> Member:
+        if index < self._count:
+            r, k = self._item(index)
+            files = r.files
+            crc = self.crcs.get((r.node, files.paths[k], files.etags[k]))
+            if crc is None and files.crcs[k] >= 0:
+                crc = files.crcs[k]
+            return Member(files.member(k), files.sizes[k], files.mtime(k), crc)
+        name, _, size, mtime = self._generated[index - self._count]
+        return Member(name, size, mtime)
 
     @property
     def length(self) -> int | None:
@@ -431,11 +235,23 @@ class ClusterArchive:
         """A strong ETag fixed by the plan; None when the bytes are not (deflated, or generated members)."""
         if self.deflate or self._generated or self.length is None:
             return None
-        plan = [LAYOUT_VERSION, time.tzname, time.timezone, time.altzone, self.path, self.selection.describe(),
-                [[r.node, r.status, r.message, r.errors, [[f.path, f.size, f.etag, f.mtime] for f in r.files]]
-                 for r in self.results]]
-        digest = hashlib.sha256(json.dumps(plan, ensure_ascii=False).encode("utf-8", "backslashreplace"))
-        return f'"zip-{digest.hexdigest()[:40]}"'
+        if self._etag is None:
+            self._etag = f'"zip-{self._plan_digest()[:40]}"'
+        return self._etag
+
+    def _plan_digest(self) -> str:
+        digest = hashlib.sha256()
+
+        def feed(value) -> None:
+            digest.update(json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n")
+
+        feed([LAYOUT_VERSION, time.tzname, time.timezone, time.altzone, self.path, self.selection.describe()])
+        for r in self.results:
+            feed([r.node, r.status, r.message, r.errors, len(r.files)])
+            files = r.files
+            for k in range(len(files)):
+                feed([files.paths[k], files.sizes[k], files.etags[k], files.mtime(k)])
+        return digest.hexdigest()
 
     # -- answering -----------------------------------------------------------------------------------
 
@@ -521,7 +337,7 @@ class ClusterArchive:
     # -- the members' bytes, for the layout ----------------------------------------------------------
 
     def _read_member(self, index: int, offset: int) -> Iterable[bytes]:
-        items, generated = len(self._items), len(self._generated)
+        items, generated = self._count, len(self._generated)
         if index < items:
             return self._item_bytes(index, offset)
         if index < items + generated:
@@ -531,15 +347,15 @@ class ClusterArchive:
         return [self._report()[offset:]]
 
     def _item_bytes(self, index: int, offset: int) -> Iterator[bytes]:
-        item = self._items[index]
-        k, next_node = self._place[index]
+        r, k = self._item(index)
+        next_node = self._following.get(r.node)
         if next_node in self._readers:
             # The next node's first bytes start on their way while this node's stream.
             self._start_early(next_node)
-        if item.node == self.here.name:
-            yield from local_chunks(self.here, item, offset)
+        if r.node == self.here.name:
+            yield from local_chunks(self.here, r.files[k], offset)
         else:
-            yield from self._readers[item.node].read(k, offset)
+            yield from self._readers[r.node].read(k, offset)
 
     def _start_early(self, node: str) -> None:
         reader = self._readers[node]
@@ -552,11 +368,12 @@ class ClusterArchive:
 
     def _crc_of(self, index: int) -> int:
         """The CRC-32 of a member a resumed download skipped: remembered, or read again."""
-        if index == len(self._items) + len(self._generated):
+        if index == self._count + len(self._generated):
             return crc32(self._report())
-        if index >= len(self._items):
+        if index >= self._count:
             raise RuntimeError("a generated member is read once, from its start")
-        item = self._items[index]
+        r, k = self._item(index)
+        item = r.files[k]
         running = RunningCrc()
         if item.node == self.here.name:
             chunks = local_chunks(self.here, item, 0)
@@ -569,9 +386,9 @@ class ClusterArchive:
         return running.value
 
     def _learn(self, index: int, crc: int) -> None:
-        if index < len(self._items):
-            item = self._items[index]
-            self.crcs.put((item.node, item.path, item.etag), crc)
+        if index < self._count:
+            r, k = self._item(index)
+            self.crcs.put((r.node, r.files.paths[k], r.files.etags[k]), crc)
 
     # -- _cluster.json -------------------------------------------------------------------------------
 
@@ -579,7 +396,7 @@ class ClusterArchive:
         layout = self.layout
 
         def crc_of(index):
-            return layout.crc(index, self._crc_of) if index < len(self._items) else layout.crcs.get(index, 0)
+            return layout.crc(index, self._crc_of) if index < self._count else layout.crcs.get(index, 0)
 
         def size_of(index, size):
             return size if size is not None else layout.written_sizes.get(index, 0)
@@ -606,6 +423,26 @@ class _Started:
         self.rest.close()
 
 
+class _Members(Sequence):
+    """An archive's members made on demand from its plan: a 100,000-file plan holds no Member objects."""
+
+    def __init__(self, archive: ClusterArchive, report: Member):
+        self.archive, self.report = archive, report
+        self.count = archive._count + len(archive._generated)
+
+    def __len__(self) -> int:
+        return self.count + 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index <= self.count:
+            raise IndexError(index)
+        return self.report if index == self.count else self.archive._member(index)
+
+
 def _started(body: Iterator[bytes]) -> _Started:
     """`body` with its first block made now: a failure there is a 503 JSON answer, not a cut."""
     try:
@@ -629,10 +466,7 @@ def _list_node(here: LocalNode, peers: PeerClient, node: str, rel: str,
         document = peers.get_json(node, "/list/" + quote_path(rel) + (f"?{query[1:]}" if query else ""),
                                   timeout=peers.planning_timeout)
     except ApiError as exc:
-        result = _refused(node, exc)
-        if exc.status == 404:
-            result.message = exc.message
-        return result, [], []
+        return refused(node, exc), [], []
     except Exception as exc:
         log.exception("listing %r on node %s", rel, node)
         return NodeResult(node, "error", f"Unexpected error asking node {node}: {type(exc).__name__}."), [], []
@@ -686,7 +520,7 @@ def cluster_listing(here: LocalNode, peers: PeerClient, path: str, nodes: Iterab
     asked = peers.each(lambda node: _list_node(here, peers, node, rel, selection), names, peers.config.plan_timeout)
     answers = [(NodeResult(node, "error", str(a)), [], []) if isinstance(a, TooSlow) else a
                for node, a in zip(names, asked)]
-    _check_found([result for result, _, _ in answers], f"the folder {rel or '/'!r}")
+    check_found([result for result, _, _ in answers], f"the folder {rel or '/'!r}")
     return merge_listings(rel, [(r.node, r.status, entries if r.status == "ok" else {"message": r.message})
                                 for r, entries, _ in answers],
                           {r.node: skipped for r, _, skipped in answers})

@@ -140,10 +140,12 @@ class PeerResponse:
         except (HTTPError, OSError) as exc:
             raise failure_of(exc, self.node, reading=True) from exc
 
-    def json(self) -> dict:
-        """The whole body as JSON; a 4xx answer becomes an ApiError with the peer's status and code."""
-        with self:
-            data = self.read()
+    def json(self, data: bytes | None = None) -> dict:
+        """The whole body (or `data`, read from it before) as JSON; a 4xx answer becomes an ApiError
+        with the peer's status and code."""
+        if data is None:
+            with self:
+                data = self.read()
         try:
             document = json.loads(data)
         except ValueError:

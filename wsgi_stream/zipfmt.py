@@ -97,7 +97,7 @@ import struct
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 
 try:
@@ -436,6 +436,32 @@ class _Offsets(Sequence):
         return list(self) == list(other)
 
 
+class _Crcs(MutableMapping):
+    """CRC-32s by member index, 8 bytes a member (-1: not known)."""
+
+    def __init__(self, count: int):
+        self._values = array("q", [-1]) * count
+
+    def __getitem__(self, index: int) -> int:
+        value = self._values[index] if 0 <= index < len(self._values) else -1
+        if value < 0:
+            raise KeyError(index)
+        return value
+
+    def __setitem__(self, index: int, crc: int) -> None:
+        self._values[index] = crc
+
+    def __delitem__(self, index: int) -> None:
+        self[index]  # KeyError when absent
+        self._values[index] = -1
+
+    def __iter__(self) -> Iterator[int]:
+        return (i for i, value in enumerate(self._values) if value >= 0)
+
+    def __len__(self) -> int:
+        return sum(1 for value in self._values if value >= 0)
+
+
 ReadMember = Callable[[int, int], Iterable[bytes]]
 CrcOf = Callable[[int], int]
 
@@ -448,21 +474,26 @@ class ZipLayout:
     every CRC-32 given, learned while streaming or obtained from `crc_of`, by member index.
     """
 
-    def __init__(self, members: Iterable[Member], deflate: bool = False):
-        self.members = list(members)
+    def __init__(self, members: Iterable[Member], deflate: bool = False, unique: bool = False):
+        # A Sequence is used as it is: a caller may make its Members on demand (`unique`: and vouch
+        # that their names differ, so that no set of 100,000 names is built here).
+        self.members = members if isinstance(members, Sequence) else list(members)
         self.deflate = deflate
-        self.crcs: dict[int, int] = {i: m.crc for i, m in enumerate(self.members) if m.crc is not None and m.size}
+        self.crcs = _Crcs(len(self.members))
         self.written_sizes: dict[int, int] = {}  # members of unknown size, once written
         # Records are derived again when needed rather than kept: a plan of 100,000 members stays small.
         self.member_offsets = _Offsets()
         offset: int | None = 0
         cd_size = 0
-        names = set()
-        for m in self.members:
+        names = None if unique else set()
+        for i, m in enumerate(self.members):
             check_name(m.name)
-            if m.name in names:
-                raise ValueError(f"duplicate member name {m.name!r}")
-            names.add(m.name)
+            if names is not None:
+                if m.name in names:
+                    raise ValueError(f"duplicate member name {m.name!r}")
+                names.add(m.name)
+            if m.crc is not None and m.size:
+                self.crcs[i] = m.crc
             if m.size is not None and (not isinstance(m.size, int) or m.size < 0):
                 raise ValueError(f"{m.name}: bad size {m.size!r}")
             self.member_offsets.append(offset)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from wsgi_stream.cluster import NodeResult, _check_found, _collect, merge_listings, select_nodes
+from wsgi_stream.cluster import merge_listings
+from wsgi_stream.plan import NodeResult, check_found, collect, select_nodes
 from wsgi_stream.errors import BadGateway, NotFound
 from wsgi_stream.portable import portable_segment
 
@@ -85,8 +86,8 @@ COLLECT = [
 
 
 @pytest.mark.parametrize("prefix, entries, kept, left_out", [c[1:] for c in COLLECT], ids=[c[0] for c in COLLECT])
-def test_collect(prefix, entries, kept, left_out):
-    result = _collect(NodeResult("a", "ok"), entries, prefix)
+def testcollect(prefix, entries, kept, left_out):
+    result = collect(NodeResult("a", "ok"), entries, prefix)
     assert [item.path for item in result.files] == kept
     assert result.errors == [{"name": name, "message": f"left out: {why}"} for name, why in left_out]
     assert result.failed == bool(left_out)
@@ -103,7 +104,7 @@ def test_collect(prefix, entries, kept, left_out):
     pytest.param(True, None, id="bool-none"),
 ])
 def test_collect_mtime_is_a_number_or_none(mtime, expected):
-    item, = _collect(NodeResult("a", "ok"), [entry("x", mtime=mtime)], "").files
+    item, = collect(NodeResult("a", "ok"), [entry("x", mtime=mtime)], "").files
     assert item.mtime == expected and (expected is None or isinstance(item.mtime, float))
 
 
@@ -120,7 +121,7 @@ def results(*statuses):
     pytest.param(("error", "ok", "missing"), id="found-despite-a-failed-node"),
 ])
 def test_check_found_passes(statuses):
-    _check_found(results(*statuses), "'x'")
+    check_found(results(*statuses), "'x'")
 
 
 @pytest.mark.parametrize("statuses, error, words", [
@@ -131,7 +132,7 @@ def test_check_found_passes(statuses):
 ])
 def test_check_found_refuses(statuses, error, words):
     with pytest.raises(error) as err:
-        _check_found(results(*statuses), "'x'")
+        check_found(results(*statuses), "'x'")
     assert words in err.value.message
     if error is BadGateway:
         assert err.value.code == "nodes_failed" and err.value.status == 502

@@ -11,8 +11,8 @@ import zipfile
 import pytest
 from webtest import TestApp
 
-from wsgi_stream import cluster, make_app
-from wsgi_stream.cluster import NodeResult, _check_found
+from wsgi_stream import make_app, plan
+from wsgi_stream.plan import NodeResult, check_found
 from wsgi_stream.config import Config, config_from_dict
 from wsgi_stream.endpoints import URL_MAP
 from wsgi_stream.errors import ApiError, Conflict
@@ -193,12 +193,12 @@ def test_log_safe(text, logged):
      502, "nodes_failed"),
     ([NodeResult("a", "ok"), NodeResult("b", "error", "down")], None, None),
 ])
-def test_check_found(results, status, code):
+def testcheck_found(results, status, code):
     if status is None:
-        _check_found(results, "x")
+        check_found(results, "x")
         return
     with pytest.raises(ApiError) as caught:
-        _check_found(results, "x")
+        check_found(results, "x")
     assert (caught.value.status, caught.value.code) == (status, code)
 
 
@@ -270,14 +270,14 @@ def test_an_unreadable_file_is_403_and_left_out_of_plans(app, monkeypatch):
 
 def test_a_first_member_failing_at_stream_start_is_json(app, monkeypatch):
     client, root = app
-    real = cluster.plan_local
+    real = plan.plan_local
 
     def plan_then_vanish(*args, **kwargs):
         result = real(*args, **kwargs)
         (root / "dir" / "first.bin").unlink()
         return result
 
-    monkeypatch.setattr(cluster, "plan_local", plan_then_vanish)
+    monkeypatch.setattr(plan, "plan_local", plan_then_vanish)
     r = client.get("/cluster/files/dir", status=503)
     assert r.content_type == "application/json"
     assert r.json["error"] == "archive_not_started" and "a/dir/first.bin disappeared" in r.json["message"]
