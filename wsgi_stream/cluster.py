@@ -174,8 +174,7 @@ class ClusterArchive:
 
     def _item(self, index: int) -> tuple[NodeResult, int]:
         """(its node's result, its place in that node's files) of planned file `index`."""
-        n = bisect_right(self._starts, index) - 1
-        return self._holders[n], index - self._starts[n]
+        return _locate(self._holders, self._starts, index)
 
     def _is_member(self, name: str) -> bool:
         node, _, path = name.partition("/")
@@ -210,20 +209,10 @@ class ClusterArchive:
         if self._layout is None:
             report_size = None if any(size is None for _, _, size, _ in self._generated) \
                 else sum(map(len, self._report_pieces(lambda i: 0, lambda i, size: size)))
-            self._layout = ZipLayout(_Members(self, Member(REPORT_NAME, report_size, self.modified)), self.deflate,
-                                     unique=True)
+            members = _Members(self._holders, self._starts, self._count, self.crcs, self._generated,
+                               Member(REPORT_NAME, report_size, self.modified))
+            self._layout = ZipLayout(members, self.deflate, unique=True)
         return self._layout
-
-    def _member(self, index: int) -> Member:
-        if index < self._count:
-            r, k = self._item(index)
-            files = r.files
-            crc = self.crcs.get((r.node, files.paths[k], files.etags[k]))
-            if crc is None and files.crcs[k] >= 0:
-                crc = files.crcs[k]
-            return Member(files.member(k), files.sizes[k], files.mtime(k), crc)
-        name, _, size, mtime = self._generated[index - self._count]
-        return Member(name, size, mtime)
 
     @property
     def length(self) -> int | None:
@@ -423,15 +412,37 @@ class _Started:
         self.rest.close()
 
 
-class _Members(Sequence):
-    """An archive's members made on demand from its plan: a 100,000-file plan holds no Member objects."""
+def _locate(holders: list[NodeResult], starts: list[int], index: int) -> tuple[NodeResult, int]:
+    n = bisect_right(starts, index) - 1
+    return holders[n], index - starts[n]
 
-    def __init__(self, archive: ClusterArchive, report: Member):
-        self.archive, self.report = archive, report
-        self.count = archive._count + len(archive._generated)
+
+class _Members(Sequence):
+    """An archive's members made on demand from its plan: a 100,000-file plan holds no Member objects.
+
+    It refers to the plan, not to the archive: a cycle would keep a finished archive's plan in
+    memory until the garbage collector's rare full pass.
+    """
+
+    def __init__(self, holders: list[NodeResult], starts: list[int], planned: int, crcs: CrcCache,
+                 generated: list, report: Member):
+        self.holders, self.starts, self.planned, self.crcs = holders, starts, planned, crcs
+        self.generated, self.report = generated, report
+        self.count = planned + len(generated)
 
     def __len__(self) -> int:
         return self.count + 1
+
+    def member(self, index: int) -> Member:
+        if index >= self.planned:
+            name, _, size, mtime = self.generated[index - self.planned]
+            return Member(name, size, mtime)
+        r, k = _locate(self.holders, self.starts, index)
+        files = r.files
+        crc = self.crcs.get((r.node, files.paths[k], files.etags[k]))
+        if crc is None and files.crcs[k] >= 0:
+            crc = files.crcs[k]
+        return Member(files.member(k), files.sizes[k], files.mtime(k), crc)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -440,7 +451,7 @@ class _Members(Sequence):
             index += len(self)
         if not 0 <= index <= self.count:
             raise IndexError(index)
-        return self.report if index == self.count else self.archive._member(index)
+        return self.report if index == self.count else self.member(index)
 
 
 def _started(body: Iterator[bytes]) -> _Started:

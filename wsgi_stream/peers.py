@@ -13,12 +13,13 @@ urllib3's exceptions or its pool:
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
 import ssl
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 from urllib.parse import quote
 
 import urllib3
@@ -114,6 +115,89 @@ def quote_path(path: str) -> str:
     return quote(path, safe="/")
 
 
+class JsonItems:
+    """One array of a peer's JSON object, parsed item by item as the body arrives: `items()`, then `rest`.
+
+    A listing of 25,000 files parsed whole is some 20 MiB of dicts and strings at once; read this
+    way only one piece of the body and one entry are held. The array is found by its key (as our
+    nodes write it: before the fields that follow it); a body of another shape is parsed whole.
+    """
+
+    PIECE = 256 * 1024
+
+    def __init__(self, response: PeerResponse, key: str):
+        self.response, self.key = response, key
+        self.rest: dict = {}  # the object's other fields, once `items()` is done
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._text, self._pos, self._ended = "", 0, False
+
+    def _more(self) -> bool:
+        if self._ended:
+            return False
+        data = self.response.read(self.PIECE)
+        self._ended = not data
+        try:
+            self._text = self._text[self._pos:] + self._decoder.decode(data, final=self._ended)
+        except UnicodeDecodeError:
+            raise peer_error("peer_bad_answer", self.response.node) from None
+        self._pos = 0
+        return True
+
+    def _whole(self) -> dict:
+        while self._more():
+            pass
+        try:
+            return json.loads(self._text[self._pos:])
+        except ValueError:
+            raise peer_error("peer_bad_answer", self.response.node) from None
+
+    def items(self) -> Iterator:
+        """Each item of the array in turn; a body that is not JSON is a 502 (peer_bad_answer)."""
+        opening = re.compile(r'"%s"\s*:\s*\[' % re.escape(self.key))
+        while (found := opening.search(self._text)) is None and not self._ended and len(self._text) < self.PIECE:
+            self._more()
+        if found is None:
+            document = self._whole()
+            items = document.pop(self.key, None) if isinstance(document, dict) else None
+            if not isinstance(items, list):
+                raise ApiError(f"Node {self.response.node} sent no {self.key!r} list.", status=502,
+                               code="peer_bad_answer")
+            self.rest = document
+            yield from items
+            return
+        head, self._pos = self._text[:found.start()], found.end()
+        decode = json.JSONDecoder().raw_decode
+        while True:
+            while self._pos >= len(self._text) or self._text[self._pos] in " \t\r\n,":
+                if self._pos < len(self._text):
+                    self._pos += 1
+                elif not self._more():
+                    raise peer_error("peer_bad_answer", self.response.node)
+            if self._text[self._pos] == "]":
+                self._pos += 1
+                break
+            try:
+                item, end = decode(self._text, self._pos)
+            except ValueError:
+                if self._more():
+                    continue  # the item goes on in the next piece
+                raise peer_error("peer_bad_answer", self.response.node) from None
+            self._pos = end
+            yield item
+        tail = self._whole_tail()
+        try:
+            rest = json.loads(head + '"": null' + tail)
+        except ValueError:
+            raise peer_error("peer_bad_answer", self.response.node) from None
+        rest.pop("", None)
+        self.rest = rest
+
+    def _whole_tail(self) -> str:
+        while self._more():
+            pass
+        return self._text[self._pos:]
+
+
 class PeerResponse:
     """A peer's answer with its body unread; use as a context manager, or end it with close()."""
 
@@ -158,6 +242,13 @@ class PeerResponse:
             raise ApiError(document.get("message", f"Node {self.node} answered {self.status}."),
                            status=self.status, code=document.get("error", "peer_error"))
         return document
+
+    def json_items(self, key: str) -> JsonItems:
+        """The items of the array `key` of this JSON answer as they arrive (see JsonItems)."""
+        if self.status != 200:
+            self.json()  # raises the answer's ApiError
+            raise peer_error("peer_bad_answer", self.node)
+        return JsonItems(self, key)
 
     def close(self) -> None:
         """Return a fully read connection to the pool; close one with unread bytes first."""

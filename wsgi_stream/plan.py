@@ -2,8 +2,9 @@
 
 Every selected node is asked concurrently (this node from disk, peers through their recursive
 listings) within the planning budget. What each has is kept in columns (`PlannedFiles`): a plan of
-100,000 files is a few lists and arrays, not 100,000 objects, and the listings are digested one
-at a time, so a gateway's memory stays small however many files and nodes a download covers.
+100,000 files is a few lists and arrays, not 100,000 objects, and peers' listings are digested
+entry by entry as they arrive, so a gateway's memory stays small however many files a download
+covers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import math
 import os
 import stat as stat_mod
-import threading
 from array import array
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -33,10 +33,6 @@ from .zipfmt import check_name
 log = logging.getLogger("wsgi_stream.cluster")
 
 EVERYTHING = Selection()
-
-# Listings are parsed and digested one at a time: parsing holds the GIL anyway, and a listing's
-# parsed form is ten times its planned form, so three at once would triple the gateway's peak.
-_DIGESTING = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -239,9 +235,8 @@ def plan_local(here: LocalNode, rel: str, selection: Selection = EVERYTHING, crc
         except OSError as exc:
             raise read_error(exc, "file") from None
         if stat_mod.S_ISDIR(st.st_mode):
-            with _DIGESTING:
-                files, skipped = listing.walk(here.root, rel, crcs)
-                return _skipped(collect(result, files, rel, selection), skipped)
+            files, skipped = listing.walk(here.root, rel, crcs)
+            return _skipped(collect(result, files, rel, selection), skipped)
     except ApiError as exc:
         return _refused(here.name, exc)
     if not stat_mod.S_ISREG(st.st_mode):
@@ -270,21 +265,14 @@ def _peer_file(peers: PeerClient, node: str, rel: str, selection: Selection) -> 
         return collect(NodeResult(node, "ok"), [entry], rel, selection)
 
 
-def _digest_listing(node: str, document, rel: str, selection: Selection) -> NodeResult:
-    entries = document.get("entries") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        return NodeResult(node, "error", f"Node {node} sent a listing without entries.")
-    return _skipped(collect(NodeResult(node, "ok"), entries, rel, selection), document.get("skipped"))
-
-
 def plan_peer(peers: PeerClient, node: str, rel: str, selection: Selection = EVERYTHING) -> NodeResult:
     """What peer `node` has under `rel`: its recursive listing, or else HEAD of the file."""
     try:
         with peers.open(node, "GET", "/list/" + quote_path(rel) + "?recursive=1" + selection.query(),
                         timeout=peers.planning_timeout) as response:
-            data = response.read()
-        with _DIGESTING:
-            return _digest_listing(node, response.json(data), rel, selection)
+            listing = response.json_items("entries")  # digested as it arrives
+            result = collect(NodeResult(node, "ok"), listing.items(), rel, selection)
+            return _skipped(result, listing.rest.get("skipped"))
     except ApiError as exc:
         if exc.status != 404:
             return _refused(node, exc)

@@ -17,7 +17,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, IncompleteRead, 
 from urllib3.response import HTTPResponse
 
 from wsgi_stream.errors import ApiError
-from wsgi_stream.peers import FAILURES, PeerResponse, failure_of, peer_error, status_failure
+from wsgi_stream.peers import FAILURES, JsonItems, PeerResponse, failure_of, peer_error, status_failure
 
 NODE = "b"
 
@@ -210,3 +210,40 @@ def test_clean_exit_releases_or_closes_by_what_is_left(read_all, calls):
     with PeerResponse(NODE, raw):
         pass
     assert raw.calls == calls
+
+
+# -- PeerResponse.json_items: a listing digested entry by entry as it arrives ---------------------
+
+LISTINGS = [
+    ("entries-then-skipped", {"node": "b", "path": "x", "entries": [{"path": f'a\u00e9"entries": [{i}', "size": i}
+                                                                     for i in range(40)], "skipped": [{"path": "f"}]}),
+    ("empty", {"entries": [], "skipped": []}),
+    ("items-of-every-kind", {"entries": [1, "two", [3, "]"], {"x": "]"}, None]}),
+    ("entries-last", {"skipped": [], "entries": [{"a": 1}]}),
+]
+
+
+@pytest.mark.parametrize("ascii_only", [True, False], ids=["escaped", "utf8"])
+@pytest.mark.parametrize("document", [c[1] for c in LISTINGS], ids=[c[0] for c in LISTINGS])
+def test_json_items_gives_each_entry_then_the_other_fields(document, ascii_only, monkeypatch):
+    monkeypatch.setattr(JsonItems, "PIECE", 7)  # every entry and name split across pieces
+    listing = response(200, json.dumps(document, ensure_ascii=ascii_only).encode()).json_items("entries")
+    assert list(listing.items()) == document["entries"]
+    assert listing.rest == {k: v for k, v in document.items() if k != "entries"}
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"", NOT_JSON), (b"<html>proxy error</html>", NOT_JSON), (b'{"entries": [1, 2', NOT_JSON),
+    (b'{"entries": [{"a": 1}] trailing', NOT_JSON), (b'{"x": 1}', "Node b sent no 'entries' list."),
+    (b'{"entries": "no"}', "Node b sent no 'entries' list."), (b'{"entries": [1, \xff]}', NOT_JSON),
+], ids=["empty", "html", "cut", "trailing", "no-entries", "not-a-list", "not-utf8"])
+def test_json_items_of_a_bad_listing_is_a_bad_answer(body, message):
+    with pytest.raises(ApiError) as err:
+        list(response(200, body).json_items("entries").items())
+    assert (err.value.status, err.value.code, err.value.message) == (502, "peer_bad_answer", message)
+
+
+def test_json_items_of_a_refusal_is_the_peers_error():
+    with pytest.raises(ApiError) as err:
+        response(404, doc({"error": "not_found", "message": "No such directory."})).json_items("entries")
+    assert (err.value.status, err.value.code) == (404, "not_found")
