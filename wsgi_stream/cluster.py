@@ -9,6 +9,7 @@ plan cuts the client's connection (StreamBroken) instead of sending a wrong arch
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -21,11 +22,11 @@ from werkzeug.datastructures import EnvironHeaders
 from werkzeug.http import http_date, parse_range_header
 
 from . import listing, local
-from .batch import PeerFiles, Wanted, single_file
+from .batch import BATCHED_SIZE, PeerFiles, Wanted, single_file
 from .config import LocalNode
-from .crc import CrcCache, RunningCrc, crc32
+from .crc import CrcCache, RunningCrc, file_key
 from .errors import ApiError, BadGateway, NotFound, RangeNotSatisfiable, StreamBroken
-from .paths import clean_relpath
+from .paths import clean_relpath, resolve
 from .peers import PeerClient, TooSlow, quote_path
 from .plan import EVERYTHING, FileItem, NodeResult, check_found, plan_cluster, refused, select_nodes
 from .portable import check_segments
@@ -36,6 +37,19 @@ from .zipfmt import Member, ZipLayout, check_name
 log = logging.getLogger("wsgi_stream.cluster")
 
 REPORT_NAME = "_cluster.json"
+REPORT_BLOCK = 64 * 1024
+BIG_PLAN = 10_000  # members; after an archive this big, freed memory is handed back to the system
+
+try:  # glibc keeps the pages a big plan freed; malloc_trim() returns them (other C libraries: nothing to do)
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):
+    _malloc_trim = None
+
+
+def release_memory() -> None:
+    """Give memory freed by the C allocator back to the system, where it can (glibc)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 # -- the members' bytes --------------------------------------------------------------------------
@@ -161,6 +175,8 @@ class ClusterArchive:
             self._starts.append(count)
             count += len(r.files)
         self._count = count
+        if count >= BIG_PLAN:
+            release_memory()  # the listings' transient objects, before the stream's own begin
         self._following = {a.node: b.node for a, b in zip(self._holders, self._holders[1:])}
         # One reader per peer: its files come through few batch requests, in archive order.
         self._readers = {r.node: PeerFiles(peers, r.node, r.files.wanted(), here.chunk_size)
@@ -322,6 +338,8 @@ class ClusterArchive:
         """Close every peer response still open (the client went away, or a member failed)."""
         for reader in self._readers.values():
             reader.close()
+        if self._count >= BIG_PLAN:
+            release_memory()
 
     # -- the members' bytes, for the layout ----------------------------------------------------------
 
@@ -333,7 +351,7 @@ class ClusterArchive:
             if offset:
                 raise RuntimeError("a generated member is read once, from its start")
             return self._generated[index - items][1]
-        return [self._report()[offset:]]
+        return self._report(offset)
 
     def _item_bytes(self, index: int, offset: int) -> Iterator[bytes]:
         r, k = self._item(index)
@@ -358,7 +376,10 @@ class ClusterArchive:
     def _crc_of(self, index: int) -> int:
         """The CRC-32 of a member a resumed download skipped: remembered, or read again."""
         if index == self._count + len(self._generated):
-            return crc32(self._report())
+            running = RunningCrc()
+            for block in self._report():
+                running.update(block)
+            return running.value
         if index >= self._count:
             raise RuntimeError("a generated member is read once, from its start")
         r, k = self._item(index)
@@ -375,13 +396,30 @@ class ClusterArchive:
         return running.value
 
     def _learn(self, index: int, crc: int) -> None:
-        if index < self._count:
-            r, k = self._item(index)
-            self.crcs.put((r.node, r.files.paths[k], r.files.etags[k]), crc)
+        """Remember a CRC no node will list next time: of this node's files, and of big files of peers.
+
+        This node's files are remembered by their content's key, which its listings and walks look
+        up. A peer remembers the small files it sends in batches and lists their CRCs itself; a
+        big one it sent with sendfile(), unread, so the gateway keeps that one by (node, path, ETag).
+        """
+        if index >= self._count:
+            return
+        r, k = self._item(index)
+        path, etag = r.files.paths[k], r.files.etags[k]
+        if r.node == self.here.name:
+            try:
+                st = os.stat(resolve(self.here.root, path))
+            except (OSError, ApiError):
+                return
+            if local.file_etag(st) == etag:
+                self.crcs.put(file_key(st), crc)
+        elif r.files.sizes[k] > BATCHED_SIZE:
+            self.crcs.put((r.node, path, etag), crc)
 
     # -- _cluster.json -------------------------------------------------------------------------------
 
-    def _report(self) -> bytes:
+    def _report(self, skip: int = 0) -> Iterator[bytes]:
+        """The report from byte `skip`, made as it goes in blocks of about 64 KiB (100,000 files: 10 MB)."""
         layout = self.layout
 
         def crc_of(index):
@@ -390,7 +428,19 @@ class ClusterArchive:
         def size_of(index, size):
             return size if size is not None else layout.written_sizes.get(index, 0)
 
-        return b"".join(self._report_pieces(crc_of, size_of))
+        pending, length = [], 0
+        for piece in self._report_pieces(crc_of, size_of):
+            if skip >= len(piece):
+                skip -= len(piece)
+                continue
+            pending.append(piece[skip:])
+            length += len(piece) - skip
+            skip = 0
+            if length >= REPORT_BLOCK:
+                yield b"".join(pending)
+                pending, length = [], 0
+        if pending:
+            yield b"".join(pending)
 
     def _report_pieces(self, crc_of, size_of) -> Iterator[bytes]:
         return _report_pieces(self.path, self.selection, self.results,

@@ -161,3 +161,15 @@ def test_a_node_lists_the_crcs_it_learned_and_keeps_them_across_a_restart(cluste
     # Files up to 1 MiB came in a batch, through the node's hands; a bigger one went by sendfile().
     small = {path: crc for path, crc in crcs.items() if path != "bundle/big.bin"}
     assert {e["path"]: e.get("crc32") for e in listed} == {**small, "bundle/big.bin": None}
+
+
+def test_the_gateway_lists_the_crcs_of_its_own_files_after_a_cluster_download(cluster_factory):
+    """The gateway remembers its own files' CRCs by their content's key (what its listings look up),
+    big ones included: it read them through Python for the archive."""
+    cl = cluster_factory(names=("a", "b"))
+    seed(cl["a"].root, "a")
+    r = support.http("GET", cl.url("a") + "/cluster/files/bundle?nodes=a", timeout=60)
+    with zipfile.ZipFile(io.BytesIO(r.data)) as zf:
+        crcs = {i.filename.split("/", 1)[1]: f"{i.CRC:08x}" for i in zf.infolist() if i.filename != "_cluster.json"}
+    listed = support.http("GET", cl.url("a") + "/list/bundle?recursive=1").json()["entries"]
+    assert {e["path"]: e.get("crc32") for e in listed} == {**crcs, "bundle/empty.txt": None}  # nothing to learn
