@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from bisect import bisect_right
+from json.encoder import encode_basestring
 from typing import Iterable, Iterator, Sequence
 
 from werkzeug.datastructures import EnvironHeaders
@@ -26,9 +27,17 @@ from .batch import BATCHED_SIZE, PeerFiles, Wanted, single_file
 from .config import LocalNode
 from .crc import CrcCache, RunningCrc, file_key
 from .errors import ApiError, BadGateway, NotFound, RangeNotSatisfiable, StreamBroken
-from .paths import clean_relpath, resolve
+from .paths import clean_relpath
 from .peers import PeerClient, TooSlow, quote_path
-from .plan import EVERYTHING, FileItem, NodeResult, check_found, plan_cluster, refused, select_nodes
+from .plan import (
+    EVERYTHING,
+    FileItem,
+    NodeResult,
+    check_found,
+    plan_cluster,
+    refused,
+    select_nodes,
+)
 from .portable import check_segments
 from .replies import status_line, wsgi_error
 from .selection import Selection, pick_entries
@@ -54,8 +63,11 @@ def release_memory() -> None:
 
 # -- the members' bytes --------------------------------------------------------------------------
 
-def local_chunks(here: LocalNode, item: FileItem, offset: int = 0) -> Iterator[bytes]:
-    """The bytes of this node's file `item` from `offset`, provided it is still the file that was planned."""
+def local_chunks(here: LocalNode, item: FileItem, offset: int = 0, keys: dict | None = None) -> Iterator[bytes]:
+    """The bytes of this node's file `item` from `offset`, provided it is still the file that was planned.
+
+    `keys`: where to note the file's content key (crc.file_key) once all went well, by its path.
+    """
     try:
         f, st, _ = local.open_file(here.root, item.path)
     except ApiError as exc:  # gone, or no longer readable
@@ -67,13 +79,20 @@ def local_chunks(here: LocalNode, item: FileItem, offset: int = 0) -> Iterator[b
             yield from local.read_range(f, offset, item.size, here.chunk_size)
         except OSError as exc:
             raise StreamBroken(f"{item.member}: {exc}") from exc
-        if local.file_etag(os.fstat(f.fileno())) != item.etag:
+        st = os.fstat(f.fileno())
+        if local.file_etag(st) != item.etag:
             raise StreamBroken(f"{item.member} changed while being sent")
+        if keys is not None:
+            keys[item.path] = file_key(st)
     finally:
         f.close()
 
 
 # -- _cluster.json -------------------------------------------------------------------------------
+
+# What json.dumps(text, ensure_ascii=False) gives for a str, without making an encoder per call.
+_json_text = encode_basestring
+
 
 def _report_pieces(path: str | None, selection: Selection, results: list[NodeResult],
                    generated: list[tuple[str, int | None]], crc_of, size_of) -> Iterator[bytes]:
@@ -89,10 +108,12 @@ def _report_pieces(path: str | None, selection: Selection, results: list[NodeRes
     for i, r in enumerate(results):
         yield (f'{"," if i else ""}\n  {dump(r.node)}: {{"status": {dump(r.status)}, '
                f'"message": {dump(r.message)}, "files": [').encode()
-        for j, item in enumerate(r.files):
-            member = item.member
-            original = f', "original_name": {dump(item.original)}' if member != item.original else ""
-            line = (f'{"," if j else ""}\n    {{"name": {dump(member)}{original}, "size": {item.size}, '
+        files, renamed = r.files, r.files.renamed
+        for j, (path, size) in enumerate(zip(files.paths, files.sizes)):
+            original = f"{r.node}/{path}"
+            member = renamed.get(j) or original
+            original = f', "original_name": {_json_text(original)}' if member != original else ""
+            line = (f'{"," if j else ""}\n    {{"name": {_json_text(member)}{original}, "size": {size}, '
                     f'"crc32": "{crc_of(index):08x}"}}')
             index += 1
             yield line.encode()
@@ -184,6 +205,7 @@ class ClusterArchive:
         self._generated: list[tuple[str, Iterable[bytes], int | None, float | None]] = []
         self._layout: ZipLayout | None = None
         self._etag: str | None = None
+        self._local_keys: dict[str, tuple] = {}
         # The report's own time is the newest member's: fixed by the plan, like its content.
         self.modified = max((max(filter(lambda m: m == m, r.files.mtimes), default=0.0) for r in self._holders),
                             default=0.0)
@@ -253,9 +275,10 @@ class ClusterArchive:
         feed([LAYOUT_VERSION, time.tzname, time.timezone, time.altzone, self.path, self.selection.describe()])
         for r in self.results:
             feed([r.node, r.status, r.message, r.errors, len(r.files)])
-            files = r.files
-            for k in range(len(files)):
-                feed([files.paths[k], files.sizes[k], files.etags[k], files.mtime(k)])
+            files = r.files  # a column at a time: one C call each, not one per file
+            feed(files.paths)
+            feed(files.etags)
+            digest.update(files.sizes.tobytes() + files.mtimes.tobytes())
         return digest.hexdigest()
 
     # -- answering -----------------------------------------------------------------------------------
@@ -360,7 +383,7 @@ class ClusterArchive:
             # The next node's first bytes start on their way while this node's stream.
             self._start_early(next_node)
         if r.node == self.here.name:
-            yield from local_chunks(self.here, r.files[k], offset)
+            yield from local_chunks(self.here, r.files[k], offset, self._local_keys)
         else:
             yield from self._readers[r.node].read(k, offset)
 
@@ -386,7 +409,7 @@ class ClusterArchive:
         item = r.files[k]
         running = RunningCrc()
         if item.node == self.here.name:
-            chunks = local_chunks(self.here, item, 0)
+            chunks = local_chunks(self.here, item, 0, self._local_keys)
         else:
             chunks = single_file(self.peers, item.node, Wanted(item.path, item.etag, item.size), 0,
                                  self.here.chunk_size)
@@ -407,12 +430,9 @@ class ClusterArchive:
         r, k = self._item(index)
         path, etag = r.files.paths[k], r.files.etags[k]
         if r.node == self.here.name:
-            try:
-                st = os.stat(resolve(self.here.root, path))
-            except (OSError, ApiError):
-                return
-            if local.file_etag(st) == etag:
-                self.crcs.put(file_key(st), crc)
+            key = self._local_keys.pop(path, None)  # noted by local_chunks as the file was read
+            if key is not None:
+                self.crcs.put(key, crc)
         elif r.files.sizes[k] > BATCHED_SIZE:
             self.crcs.put((r.node, path, etag), crc)
 
@@ -489,9 +509,9 @@ class _Members(Sequence):
             return Member(name, size, mtime)
         r, k = _locate(self.holders, self.starts, index)
         files = r.files
-        crc = self.crcs.get((r.node, files.paths[k], files.etags[k]))
-        if crc is None and files.crcs[k] >= 0:
-            crc = files.crcs[k]
+        crc = files.crcs[k] if files.crcs[k] >= 0 else None
+        if crc is None and files.sizes[k] > BATCHED_SIZE:  # the only ones kept by (node, path, ETag)
+            crc = self.crcs.get((r.node, files.paths[k], files.etags[k]))
         return Member(files.member(k), files.sizes[k], files.mtime(k), crc)
 
     def __getitem__(self, index):
