@@ -499,6 +499,7 @@ class _Members(Sequence):
         self.holders, self.starts, self.planned, self.crcs = holders, starts, planned, crcs
         self.generated, self.report = generated, report
         self.count = planned + len(generated)
+        self.last: tuple[int, Member | None] = (-1, None)
 
     def __len__(self) -> int:
         return self.count + 1
@@ -521,7 +522,11 @@ class _Members(Sequence):
             index += len(self)
         if not 0 <= index <= self.count:
             raise IndexError(index)
-        return self.report if index == self.count else self.member(index)
+        if index == self.count:
+            return self.report
+        if self.last[0] != index:  # the stream asks for the member it is writing several times
+            self.last = (index, self.member(index))
+        return self.last[1]
 
 
 def _started(body: Iterator[bytes]) -> _Started:

@@ -79,6 +79,13 @@ class PlannedFiles(Sequence):
         self.mtimes.append(math.nan if mtime is None else mtime)
         self.crcs.append(-1 if crc is None else crc)
 
+    def extend_sorted(self, other: PlannedFiles) -> None:
+        """Add `other`'s files, in path order (a permutation of indices, not rows, is sorted)."""
+        order = sorted(range(len(other)), key=other.paths.__getitem__)
+        for k in order:
+            self.append(other.paths[k], other.sizes[k], other.mtime(k), other.etags[k],
+                        None if other.crcs[k] < 0 else other.crcs[k], other.member(k))
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -165,8 +172,14 @@ def _crc(value) -> int | None:
 
 
 def collect(result: NodeResult, entries: Iterable, prefix: str, selection: Selection = EVERYTHING) -> NodeResult:
-    """Keep the entries that are usable files with safe names and `selection` picks; report bad ones."""
-    seen, members, kept = set(), {}, []
+    """Keep the entries that are usable files with safe names and `selection` picks; report bad ones.
+
+    Only the kept files' columns grow per entry: a name is `{node}/{path}` unless it had to be
+    made portable, so only those few are kept aside to tell two files that would share a name.
+    """
+    seen, renamed, originals = set(), {}, set()  # paths seen; names made portable -> path; those paths
+    node_prefix = f"{result.node}/"
+    kept = PlannedFiles(result.node)
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("type", "file") != "file":
             continue
@@ -181,20 +194,32 @@ def collect(result: NodeResult, entries: Iterable, prefix: str, selection: Selec
                 raise ValueError("no strong ETag")
             if path in seen:
                 raise ValueError("listed twice")
-            if member in members:
-                raise ValueError(f"its portable name {member!r} is that of {members[member]!r}")
+            same_name = _holder(member, path, node_prefix, seen, renamed, originals)
+            if same_name is not None:
+                raise ValueError(f"its portable name {member!r} is that of {same_name!r}")
         except ValueError as exc:
             result.errors.append({"name": printable(path), "message": f"left out: {exc}"})
             continue
         seen.add(path)
-        members[member] = path
+        if member != node_prefix + path:
+            renamed[member] = path
+            originals.add(path)
         mtime = float(mtime) if isinstance(mtime, (int, float)) and not isinstance(mtime, bool) else None
         if selection.picks(below(path, prefix), size, mtime):
-            kept.append((path, size, mtime, etag, _crc(entry.get("crc32")), member))
-    kept.sort(key=lambda row: row[0])
-    for row in kept:
-        result.files.append(*row)
+            kept.append(path, size, mtime, etag, _crc(entry.get("crc32")), member)
+    result.files.extend_sorted(kept)
     return result
+
+
+def _holder(member: str, path: str, node_prefix: str, seen: set, renamed: dict, originals: set) -> str | None:
+    """The path already kept whose name in the archive is `member` too, if any."""
+    if member in renamed:
+        return renamed[member]
+    if member != node_prefix + path:  # made portable: is it the name of a file seen under its own path?
+        plain = member[len(node_prefix):]
+        if member.startswith(node_prefix) and plain in seen and plain not in originals:
+            return plain
+    return None
 
 
 def _refused(node: str, error: ApiError) -> NodeResult:
