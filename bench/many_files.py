@@ -54,6 +54,8 @@ LATENCY_TIME = 2.0       # x the loopback time, with 20 ms per peer round trip
 FIRST_BYTE_S = 1.0       # for the 40,000-entry plan
 RSS_100K = 100.0         # MiB, node a, 100,000-entry plan
 BEFORE = "about 220 entries/s before the batch reads (issue 14: 70,001 files in 323 s on loopback)"
+BEFORE_100K = ("228 MiB with the plan held as objects and the listings parsed whole "
+               "(bench/results/many-2026-11-26T110625Z.json)")
 
 
 # ---------------------------------------------------------------- test files
@@ -212,7 +214,7 @@ def hundred_thousand(ws, o, roots) -> Batch:
             for server in o.server_list]
     return Batch(f"Many files: cluster ZIP of many/ on 4 nodes, a {entries}-entry plan", rows, notes=[
         "Peak RSS of node a (the gateway) holding the plan of every node and streaming it; 'peers RSS': the "
-        "largest of b, c, d.", "many/ holds hard links of each node's small files (same bytes, other names)."])
+        "largest of b, c, d.", f"Before: {BEFORE_100K}.", "many/ holds hard links of each node's small files (same bytes, other names)."])
 
 
 def batches(ws, o):
