@@ -472,3 +472,19 @@ def test_embedding_app_adds_generated_members(tmp_path):
     assert web.head("/logs").headers["Content-Length"] == web.get("/logs").headers["Content-Length"]
     missing = web.get("/nothing", status=404)
     assert missing.json["error"] == "not_found"
+
+
+def test_embedding_app_cannot_add_a_name_the_archive_has(tmp_path):
+    root = tmp_path / "root"
+    put(root, "logs/app.log", b"log line\n")
+    put(root, "logs/a:b.log", b"renamed\n")  # its member name is made portable: a/logs/a%3Ab.log
+    config = load_config(support.write_config(tmp_path / "one.toml", {"a": ("http://127.0.0.1:1", root)}))
+    archive = ClusterArchive(local_node(config, "a"), PeerClient(config, "a"), "logs")
+    archive.add("status/service.txt", [b"running\n"], size=8)
+    for taken in ("a/logs/app.log", "a/logs/a%3Ab.log", "status/service.txt", "_cluster.json"):
+        with pytest.raises(ValueError):
+            archive.add(taken, [b"x"], size=1)
+    archive.add("a/logs/other.log", [b"x"], size=1)  # beside the planned files: fine
+    with zipfile.ZipFile(io.BytesIO(b"".join(archive.body()))) as zf:
+        assert zf.testzip() is None and sorted(zf.namelist()) == [
+            "_cluster.json", "a/logs/a%3Ab.log", "a/logs/app.log", "a/logs/other.log", "status/service.txt"]
