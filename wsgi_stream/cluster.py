@@ -552,7 +552,7 @@ def _list_node(here: LocalNode, peers: PeerClient, node: str, rel: str,
         document = peers.get_json(node, "/list/" + quote_path(rel) + (f"?{query[1:]}" if query else ""),
                                   timeout=peers.planning_timeout)
     except ApiError as exc:
-        return refused(node, exc), [], []
+        return refused(node, exc, own_words=True), [], []
     except Exception as exc:
         log.exception("listing %r on node %s", rel, node)
         return NodeResult(node, "error", f"Unexpected error asking node {node}: {type(exc).__name__}."), [], []

@@ -222,21 +222,16 @@ def _holder(member: str, path: str, node_prefix: str, seen: set, renamed: dict, 
     return None
 
 
-def _refused(node: str, error: ApiError) -> NodeResult:
-    """A node's 4xx about the path: `missing` when the path cannot be there (404, 400), else `error`."""
+def refused(node: str, error: ApiError, own_words: bool = False) -> NodeResult:
+    """A node's 4xx about the path: `missing` when the path cannot be there (404, 400), else `error`.
+
+    `own_words`: a 404 keeps the node's message (a merged listing shows it) instead of the plain one.
+    """
     if error.status == 404:
-        return NodeResult(node, "missing", "No such file or directory.")
+        return NodeResult(node, "missing", error.message if own_words else "No such file or directory.")
     if error.status == 400:
         return NodeResult(node, "missing", error.message, code=error.code)
     return NodeResult(node, "error", error.message)
-
-
-def refused(node: str, error: ApiError) -> NodeResult:
-    """The result for a node that answered `error` about the path (404 keeps the node's own words)."""
-    result = _refused(node, error)
-    if error.status == 404:
-        result.message = error.message
-    return result
 
 
 def _skipped(result: NodeResult, skipped) -> NodeResult:
@@ -263,7 +258,7 @@ def plan_local(here: LocalNode, rel: str, selection: Selection = EVERYTHING, crc
             files, skipped = listing.walk(here.root, rel, crcs)
             return _skipped(collect(result, files, rel, selection), skipped)
     except ApiError as exc:
-        return _refused(here.name, exc)
+        return refused(here.name, exc)
     if not stat_mod.S_ISREG(st.st_mode):
         return _skipped(result, [{"path": rel, "reason": f"{listing.kind_of(st.st_mode)}: only regular "
                                                           "files are served"}])
@@ -300,7 +295,7 @@ def plan_peer(peers: PeerClient, node: str, rel: str, selection: Selection = EVE
             return _skipped(result, listing.rest.get("skipped"))
     except ApiError as exc:
         if exc.status != 404:
-            return _refused(node, exc)
+            return refused(node, exc)
     if not rel:
         return NodeResult(node, "missing", "No such directory.")
     try:
