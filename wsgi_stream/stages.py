@@ -46,8 +46,8 @@ from .config import LocalNode
 from .errors import ApiError, BadRequest, Conflict, NotFound
 from .local import file_etag
 from .paths import TEMP_PREFIX, clean_relpath, write_target
-from .uploads import (DIGESTS, RequestBody, UploadLimits, _adopt, _check_free_space, _fsync_dirs,
-                      _locked, _stat_at, _stat_or_none, _storage_errors, check_replace, check_size,
+from .uploads import (DIGESTS, RequestBody, UploadLimits, adopt_spooled, check_free_space, fsync_dirs,
+                      locked, stat_at, stat_or_none, storage_errors, check_replace, check_size,
                       closing, declared_length, make_parents, remove_dirs, wanted_digests)
 
 log = logging.getLogger("wsgi_stream.stages")
@@ -152,7 +152,7 @@ class StageArea:
         if not rel:
             raise Conflict("That path is a directory.", code="is_directory")
         target = write_target(self.local.root, rel)  # a PUT never writes through a symlink: 409
-        check_replace(headers, _stat_or_none(target))          # first check: before the body
+        check_replace(headers, stat_or_none(target))          # first check: before the body
         record = Record(stage_id, rel, "", str(target.parent), preconditions=preconditions_of(headers))
         fd = self._create(record)
         try:
@@ -300,7 +300,7 @@ class StageArea:
         that has no expiry yet; os.link() fails if the id is taken.
         """
         fresh = self.folder / f"{record.id}.new-{secrets.token_hex(4)}"
-        with _storage_errors(record.path):
+        with storage_errors(record.path):
             for attempt in range(3):
                 self.folder.mkdir(exist_ok=True)
                 try:
@@ -327,13 +327,13 @@ class StageArea:
     def _receive(self, fd: int, record: Record, target: Path, length: int | None, blocks, digests,
                  sha256_of) -> None:
         root = self.local.root
-        with _storage_errors(record.path):
+        with storage_errors(record.path):
             record.made = [os.path.relpath(p, os.path.realpath(root)) for p in make_parents(target.parent)]
             record.temp = os.path.relpath(target.parent / (STAGE_FILE + record.id), os.path.realpath(root))
             self._save(fd, record, durable=True)  # before the stage file exists: the sweeper can find it
             if write_target(root, record.path) != target:  # the root itself was moved meanwhile
                 raise Conflict("The path changed while it was being created.")
-            _check_free_space(target.parent, length)
+            check_free_space(target.parent, length)
             record.size, record.sha256 = self._write(target, record.id, blocks, digests, sha256_of)
         if os.fstat(fd).st_nlink == 0:  # dropped while the body arrived
             raise no_such_stage(record.id)
@@ -351,8 +351,8 @@ class StageArea:
             hashes.setdefault("sha-256", hashlib.sha256())
         dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            old = _stat_at(target.name, dir_fd)
-            fd = _adopt(blocks, STAGE_FILE + stage_id, dir_fd)
+            old = stat_at(target.name, dir_fd)
+            fd = adopt_spooled(blocks, STAGE_FILE + stage_id, dir_fd)
             adopted = fd is not None
             if not adopted:
                 fd = os.open(STAGE_FILE + stage_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666,
@@ -380,15 +380,15 @@ class StageArea:
     def _rename(self, record: Record) -> None:
         """Rename the stage file over its target, the preconditions checked again under the folder's lock."""
         root = self.local.root
-        with _storage_errors(record.path):
+        with storage_errors(record.path):
             target = write_target(root, record.path)
             if str(target.parent) != record.directory:
                 raise Conflict("The path's folder changed since it was staged.")
             dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 temp = os.path.basename(record.temp)
-                with _locked(dir_fd):
-                    old = _stat_at(target.name, dir_fd)
+                with locked(dir_fd):
+                    old = stat_at(target.name, dir_fd)
                     check_replace(record.preconditions, old)  # again: another upload may have won meanwhile
                     try:
                         os.replace(temp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -398,7 +398,7 @@ class StageArea:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-            _fsync_dirs(Path(root, made).parent for made in record.made)
+            fsync_dirs(Path(root, made).parent for made in record.made)
         record.created, record.etag = old is None, file_etag(st)
 
     def _drop(self, record: Record, fd: int | None) -> None:
@@ -467,7 +467,7 @@ class StageArea:
         os.utime(fd, (record.expires, record.expires))
         if durable:
             os.fsync(fd)
-            _fsync_dirs([self.folder])
+            fsync_dirs([self.folder])
 
 
 

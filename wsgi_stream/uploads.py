@@ -209,7 +209,8 @@ def _storage_error(exc: OSError, where: str) -> ApiError | None:
 
 
 @contextmanager
-def _storage_errors(where: str):
+def storage_errors(where: str):
+    """An OSError while storing `where` becomes its JSON error: 507 for a full disk, 403 when not allowed."""
     try:
         yield
     except OSError as exc:
@@ -256,7 +257,7 @@ def remove_dirs(made: list[Path]) -> None:
 
 
 @contextmanager
-def _locked(dir_fd: int):
+def locked(dir_fd: int):
     """Hold the directory's lock (threads and processes alike) for a check-then-rename."""
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
@@ -270,14 +271,16 @@ def _locked(dir_fd: int):
         fcntl.flock(dir_fd, fcntl.LOCK_UN)
 
 
-def _stat_or_none(path: Path) -> os.stat_result | None:
+def stat_or_none(path: Path) -> os.stat_result | None:
+    """The lstat of `path`, None if it (or a folder on the way) is not there."""
     try:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None  # a file as parent is refused by make_parents with its own message
 
 
-def _stat_at(name: str, dir_fd: int) -> os.stat_result | None:
+def stat_at(name: str, dir_fd: int) -> os.stat_result | None:
+    """The stat of `name` in the folder `dir_fd` (not following a link), None if it is not there."""
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -315,7 +318,7 @@ def _compare(hashes: dict, digests: dict[str, bytes]) -> dict[str, str]:
     return {name: h.hexdigest() for name, h in hashes.items()}
 
 
-def _adopt(body, temp: str, dir_fd: int) -> int | None:
+def adopt_spooled(body, temp: str, dir_fd: int) -> int | None:
     """The server's spooled body linked in as `temp`, not copied: its fd; None to copy it instead."""
     spooled = getattr(body, "environ", {}).get(SPOOLED_BODY)
     if spooled is None:
@@ -336,8 +339,8 @@ def store(target: Path, blocks, digests: dict[str, bytes], headers) -> Stored:
     dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     temp = TEMP_PREFIX + secrets.token_hex(8)
     try:
-        old = _stat_at(target.name, dir_fd)
-        fd = _adopt(blocks, temp, dir_fd)
+        old = stat_at(target.name, dir_fd)
+        fd = adopt_spooled(blocks, temp, dir_fd)
         adopted = fd is not None
         if not adopted:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
@@ -350,8 +353,8 @@ def store(target: Path, blocks, digests: dict[str, bytes], headers) -> Stored:
             else:
                 sums = _write(fd, blocks, digests)
             os.fsync(fd)
-            with _locked(dir_fd):
-                old = _stat_at(target.name, dir_fd)
+            with locked(dir_fd):
+                old = stat_at(target.name, dir_fd)
                 check_replace(headers, old)  # again: another upload may have won meanwhile
                 os.replace(temp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 temp = None
@@ -368,7 +371,8 @@ def store(target: Path, blocks, digests: dict[str, bytes], headers) -> Stored:
         os.close(dir_fd)
 
 
-def _fsync_dirs(paths) -> None:
+def fsync_dirs(paths) -> None:
+    """fsync each folder in `paths`, so that new entries in them survive a crash."""
     for path in paths:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -377,7 +381,8 @@ def _fsync_dirs(paths) -> None:
             os.close(fd)
 
 
-def _check_free_space(directory: Path, length: int | None) -> None:
+def check_free_space(directory: Path, length: int | None) -> None:
+    """507 before a byte is written when the file system cannot take `length` more bytes."""
     if not length:
         return
     st = os.statvfs(directory)
@@ -412,8 +417,8 @@ def _check_put(root: Path, limits: UploadLimits, request, rel: str) -> tuple[Pat
     length = declared_length(request.environ)
     check_size(length, limits.max_size)
     digests = wanted_digests(request.headers.get("Content-Digest"))
-    with _storage_errors(rel):
-        st = _stat_or_none(target)
+    with storage_errors(rel):
+        st = stat_or_none(target)
     check_replace(request.headers, st)
     return target, length, digests
 
@@ -423,15 +428,15 @@ def put_file(local: LocalNode, limits: UploadLimits, request, rel: str, location
     body, made = None, []
     try:
         target, length, digests = _check_put(local.root, limits, request, rel)
-        with _storage_errors(rel):
+        with storage_errors(rel):
             made = make_parents(target.parent)
             if write_target(local.root, rel) != target:  # the root itself was moved meanwhile
                 raise Conflict("The path changed while it was being created.")
             if SPOOLED_BODY not in request.environ:  # else the body already sits on this disk
-                _check_free_space(target.parent, length)
+                check_free_space(target.parent, length)
             body = RequestBody(request.environ, length, limits)
             stored = store(target, body, digests, request.headers)
-            _fsync_dirs([p.parent for p in made])  # the new folders' own entries
+            fsync_dirs([p.parent for p in made])  # the new folders' own entries
     except BaseException as error:
         remove_dirs(made)
         if not isinstance(error, ApiError):
