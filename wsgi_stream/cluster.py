@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from bisect import bisect_right
@@ -207,8 +208,7 @@ class ClusterArchive:
         self._etag: str | None = None
         self._local_keys: dict[str, tuple] = {}
         # The report's own time is the newest member's: fixed by the plan, like its content.
-        self.modified = max((max(filter(lambda m: m == m, r.files.mtimes), default=0.0) for r in self._holders),
-                            default=0.0)
+        self.modified = max((m for r in self._holders for m in r.files.mtimes if not math.isnan(m)), default=0.0)
 
     def _item(self, index: int) -> tuple[NodeResult, int]:
         """(its node's result, its place in that node's files) of planned file `index`."""
