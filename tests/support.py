@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -234,6 +235,27 @@ def raw_get(node: NodeProcess, path: str, extra: bytes = b"", rcvbuf: int | None
     s.connect((node.host, node.port))
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: {node.host}\r\n".encode() + extra + b"\r\n")
     return s
+
+
+def can_strace() -> bool:
+    """Whether strace is installed and may attach to processes here (ptrace can be refused)."""
+    return shutil.which("strace") is not None and subprocess.run(
+        ["strace", "-qq", "-e", "trace=none", "true"], capture_output=True).returncode == 0
+
+
+def traced_bytes(pid: int, syscall: str, out: Path, request: Callable[[], None]) -> int:
+    """Run `request()` with strace -f attached to `pid`: the sum of what its `syscall` calls returned."""
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={syscall}", "-e", "signal=none", "-o", str(out),
+                               "-p", str(pid)], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)  # attached
+        request()
+        time.sleep(0.5)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+    results = [line.rsplit("=", 1)[1].strip() for line in out.read_text().splitlines() if f"{syscall}(" in line]
+    return sum(int(r) for r in results if r.isdigit())
 
 
 # Programs the test extra installs (uwsgi) and the interpreter itself sit in the venv's bin/:

@@ -215,7 +215,8 @@ class _LoggedBody:
         try:
             _close(self.body)
         finally:
-            self.entry.finish(self.sent, self.failed)
+            # A forwarded body may have had the server relay part of it (forward.RELAY).
+            self.entry.finish(self.sent + getattr(self.body, "relayed", 0), self.failed)
 
 
 def make_app(config: Config | str | Path, node: str) -> App:

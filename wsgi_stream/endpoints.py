@@ -22,7 +22,7 @@ from .cluster import ClusterArchive, cluster_listing
 from .config import Config, LocalNode
 from .crc import CrcCache
 from .errors import NotFound, PayloadTooLarge
-from .forward import forward, forward_upload
+from .forward import RELAY, forward, forward_upload
 from .params import compress, flag, nodes
 from .paths import clean_relpath, upload_relpath
 from .peers import HEALTH_TIMEOUT, PeerClient, TooSlow, quote_path
@@ -146,7 +146,7 @@ def node_file(s: Services, request: Request, node: str, path: str) -> Reply:
     if not rel:
         raise NotFound("No such file.")
     return forward(s.peers, node, request.method, "/files/" + quote_path(rel), request.headers,
-                   s.local.chunk_size)
+                   s.local.chunk_size, request.environ.get(RELAY))
 
 
 @route("/nodes/<node>/list/", "/nodes/<node>/list/<path:path>", defaults={"path": ""})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Callable
 
 import urllib3
 
@@ -28,16 +29,30 @@ PASSED_UPLOAD_HEADERS = ("Content-Type", "ETag", "Allow", "Want-Content-Digest",
 PEER_WRITE_RATE = 8 << 20
 # How long to wait for that answer when the body's length is unknown and unlimited.
 UNKNOWN_LENGTH_WAIT = 600.0
+# The environ key of a server that can relay bytes from a socket to the client itself, with no
+# copy through Python: relay(socket, count, progress) -> (bytes relayed, why it stopped short or
+# None), calling progress(n) as bytes go out (a client that leaves raises instead of returning).
+# waitress_channel.NodeTask offers it (splice()); under other servers bodies are read and yielded.
+RELAY = "wsgi_stream.relay"
+# A body at least this long (after its first read) is relayed; a shorter one costs a new
+# connection to the peer for little gain (a relayed connection cannot go back to the pool).
+RELAY_AT_LEAST = 1 << 20
 
 
 class PeerBody:
-    """A peer's response body relayed in chunk_size blocks; a break after the headers cuts the client."""
+    """A peer's response body relayed in chunk_size blocks; a break after the headers cuts the client.
 
-    def __init__(self, response: PeerResponse, first: bytes, path: str, chunk_size: int):
+    With a server's `relay` (see RELAY), a long plain body goes socket to socket after its first
+    block; `relayed` counts those bytes, which never pass through the iterator.
+    """
+
+    def __init__(self, response: PeerResponse, first: bytes, path: str, chunk_size: int,
+                 relay: Callable | None = None):
         self.response, self.first, self.path, self.chunk_size = response, first, path, chunk_size
         remaining = response.length_remaining
         self.expected = None if remaining is None else remaining + len(first)
-        self.sent = 0
+        self.sent = self.relayed = 0
+        self.relay = relay
 
     def __iter__(self):
         chunk, self.first = self.first, b""
@@ -45,6 +60,11 @@ class PeerBody:
             while chunk:
                 self.sent += len(chunk)
                 yield chunk
+                relay, self.relay = self.relay, None  # tried once, after the first block
+                detached = relay is not None and self.response.detach_body(RELAY_AT_LEAST)
+                if detached:
+                    yield from self._relayed(relay, *detached)
+                    break
                 chunk = self.response.read(self.chunk_size)
         except ApiError as exc:
             # The peer closed before its Content-Length, or stalled: the client must not see an end.
@@ -52,6 +72,19 @@ class PeerBody:
         if self.expected is not None and self.sent != self.expected:
             self._broken("short body")
         self.response.close()
+
+    def _relayed(self, relay: Callable, buffered: bytes, sock: socket.socket, count: int):
+        """What the peer's socket buffer held, then `count` bytes relayed by the server."""
+        if buffered:
+            self.sent += len(buffered)
+            yield buffered
+        _, why = relay(sock, count, self._count_relayed)
+        if why is not None:
+            self._broken(why)
+
+    def _count_relayed(self, count: int) -> None:
+        self.sent += count
+        self.relayed += count
 
     def _broken(self, why: str):
         log.warning("stream from node %s broke off: %s, %d of %s bytes sent (%s)", self.response.node,
@@ -64,7 +97,8 @@ class PeerBody:
         self.response.close()
 
 
-def forward(peers: PeerClient, name: str, method: str, url_path: str, headers, chunk_size: int) -> Reply:
+def forward(peers: PeerClient, name: str, method: str, url_path: str, headers, chunk_size: int,
+            relay: Callable | None = None) -> Reply:
     """Relay `method url_path` to peer `name`: its status, representation headers and streamed body."""
     sent = {k: headers[k] for k in FORWARDED_REQUEST_HEADERS if k in headers}
     response = peers.open(name, method, url_path, sent)
@@ -77,7 +111,7 @@ def forward(peers: PeerClient, name: str, method: str, url_path: str, headers, c
         first = response.read1(chunk_size)
         passed = [(k, response.headers[k]) for k in PASSED_RESPONSE_HEADERS if k in response.headers]
         with_body = True
-        return Reply(response.status, passed, PeerBody(response, first, url_path, chunk_size))
+        return Reply(response.status, passed, PeerBody(response, first, url_path, chunk_size, relay))
     finally:
         if not with_body:
             response.discard()

@@ -17,6 +17,7 @@ import codecs
 import json
 import logging
 import re
+import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterator, TypeVar
@@ -223,6 +224,29 @@ class PeerResponse:
             return self.raw.read1(amount)
         except (HTTPError, OSError) as exc:
             raise failure_of(exc, self.node, reading=True) from exc
+
+    def detach_body(self, at_least: int) -> tuple[bytes, socket.socket, int] | None:
+        """The rest of the body as (bytes already buffered, the plain TCP socket, bytes still to come on it).
+
+        For relaying the body socket to socket: None unless it is a plain Content-Length body of
+        at least `at_least` more bytes on an unencrypted socket. After it, the connection is spent:
+        close() closes it (the pool reconnects that slot next time).
+        """
+        raw = self.raw
+        fp = getattr(raw, "_fp", None)  # http.client's response: holds the socket's read buffer
+        remaining = raw.length_remaining
+        conn = getattr(raw, "connection", None)
+        sock = getattr(conn, "sock", None)
+        if (remaining is None or remaining < at_least or fp is None or getattr(fp, "chunked", True)
+                or getattr(fp, "length", None) != remaining or type(sock) is not socket.socket
+                or len(getattr(raw, "_decoded_buffer", b"")) or self.ended):
+            return None  # chunked, TLS, or bytes urllib3 holds itself: read it the ordinary way
+        try:
+            buffered = fp.fp.read(len(fp.fp.peek(0)[:remaining]))
+        except OSError as exc:
+            raise failure_of(exc, self.node, reading=True) from exc
+        fp.length = remaining - len(buffered)
+        return buffered, sock, remaining - len(buffered)
 
     def json(self, data: bytes | None = None) -> dict:
         """The whole body (or `data`, read from it before) as JSON; a 4xx answer becomes an ApiError

@@ -14,6 +14,13 @@ Theory of operation. waitress reads a request on its I/O thread with one parser 
 - **Accepted bodies spool on the node's disk** (SpoolBuffer): an anonymous file in the root's
   hidden spool directory; the app gets it as `environ[uploads.SPOOLED_BODY]` and links it into
   place instead of copying it again.
+- **A peer's long body is relayed with splice()** (NodeTask.relay, offered to the app as
+  environ[forward.RELAY]): once the head and the body's first block are out, the worker thread
+  moves the peer's bytes from its socket through a pipe to the client's socket, so no byte passes
+  through Python. The I/O thread leaves the channel alone meanwhile: a running request makes it
+  unreadable, an empty output buffer unwritable. Each splice() to the client is made holding
+  the channel's outbuf_lock after checking it is still connected, the lock waitress's own
+  handle_close takes before closing the socket.
 - **File bodies go out with sendfile()** (SendfileBuffer, NodeChannel._flush_some): the
   response's `wsgi.file_wrapper` is sent by the I/O thread from the file to the non-blocking
   socket, as much as the socket takes each time it is writable; partial sends, slow clients,
@@ -30,11 +37,13 @@ waitress's with one branch added.
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import io
 import logging
 import os
 import secrets
+import select
 import socket
 import tempfile
 import time
@@ -43,13 +52,14 @@ from pathlib import Path
 from typing import Callable
 
 from waitress.buffers import ReadOnlyFileBasedBuffer
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import Error as WaitressError
 from waitress.wasyncore import _DISCONNECTED
 
 from .errors import ApiError, error_body, error_headers
+from .forward import RELAY
 from .local import FILE_WRAPPER_RANGES
 from .replies import Reply, error_reply, status_line
 from .uploads import SPOOLED_BODY
@@ -63,6 +73,10 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 8 << 20
 # Largest count handed to one sendfile() call (it returns early when the socket buffer fills).
 SENDFILE_MAX = 8 << 20
+# The pipe a relay moves bytes through (Linux allows 1 MiB to anyone by default).
+RELAY_PIPE = 1 << 20
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_POLL_TROUBLE = select.POLLERR | select.POLLHUP | select.POLLNVAL
 # sendfile() refused for this file (its file system): copy instead.
 _NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 # waitress's error classes -> our error codes.
@@ -244,6 +258,8 @@ class NodeTask(WSGITask):
         if fresh:
             environ["wsgi.file_wrapper"] = SendfileBuffer
             environ[FILE_WRAPPER_RANGES] = True
+            if hasattr(os, "splice"):
+                environ[RELAY] = self.relay
             spooled = self.request.spooled() if isinstance(self.request, HeadParser) else None
             if spooled is not None:
                 environ[SPOOLED_BODY] = spooled
@@ -254,6 +270,124 @@ class NodeTask(WSGITask):
             self.set_close_on_finish()
             self.channel.linger_on_close = True
         super().execute()
+
+    # -- relaying a socket's bytes to the client with splice() --
+
+    def relay(self, source: socket.socket, count: int, progress: Callable[[int], None]) -> tuple[int, str | None]:
+        """Send `count` bytes from `source` to the client by splice(): (bytes sent, why short or None).
+
+        Short when the source ends or sends nothing for its own timeout; the caller then cuts the
+        client. The client leaving, or taking nothing for waitress's channel_timeout, raises
+        ClientDisconnected, which waitress handles by closing the connection. `progress(n)` hears
+        of every n bytes sent, so the count is right whichever way it ends.
+        """
+        self.write(b"")  # the head, if it is not out yet
+        target = self._flushed()
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            return self._splice(source, target, count, read_end, write_end, _pipe_room(write_end), progress)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+
+    def _splice(self, source, target: int, count: int, read_end: int, write_end: int,
+                room: int, progress: Callable[[int], None]) -> tuple[int, str | None]:
+        src, client_wait = source.fileno(), self.channel.adj.channel_timeout
+        source_wait = source.gettimeout() or client_wait
+        sent = in_pipe = 0
+        why = None
+        moved = time.monotonic()  # the last time a byte moved either way
+        while sent < count:
+            reading = why is None and in_pipe < room and sent + in_pipe < count
+            if reading:
+                try:
+                    got = os.splice(src, write_end, min(room - in_pipe, count - sent - in_pipe),
+                                    flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    got = None
+                except OSError as exc:
+                    got, why = None, f"connection lost ({exc.strerror})"
+                if got == 0:
+                    why = "closed early"
+                elif got:
+                    in_pipe += got
+                    moved = time.monotonic()
+                    continue
+            if in_pipe:
+                out = self._splice_to_client(read_end, target, in_pipe)
+                if out:
+                    in_pipe, sent = in_pipe - out, sent + out
+                    self.content_bytes_written += out
+                    progress(out)
+                    moved = time.monotonic()
+                    continue
+            elif why is not None:
+                return sent, why
+            waits = {src: source_wait} if reading else {}
+            if in_pipe:
+                waits[target] = client_wait
+            if not self._wait(waits, target, moved):
+                if in_pipe and time.monotonic() - moved >= client_wait:
+                    raise ClientDisconnected(f"the client took nothing for {client_wait} s")
+                why = f"sent nothing for {source_wait:g} s"
+        return sent, None
+
+    def _splice_to_client(self, read_end: int, target: int, count: int) -> int:
+        channel = self.channel
+        with channel.outbuf_lock:  # handle_close (I/O thread) closes the socket holding it
+            if not channel.connected:
+                raise ClientDisconnected
+            try:
+                out = os.splice(read_end, target, count, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return 0
+            except OSError as exc:
+                if exc.errno in _DISCONNECTED:
+                    raise ClientDisconnected from exc
+                raise
+            channel.last_activity = time.time()
+            return out
+
+    def _wait(self, waits: dict[int, float], target: int, moved: float) -> bool:
+        """Wait until one of `waits` (fd: seconds since `moved`) is ready; False when the nearest ran out."""
+        left = moved + min(waits.values()) - time.monotonic()
+        if left <= 0:
+            return False
+        poller = select.poll()
+        for fd in waits:
+            poller.register(fd, select.POLLOUT if fd == target else select.POLLIN)
+        for fd, event in poller.poll(left * 1000):
+            if fd == target and event & _POLL_TROUBLE:
+                raise ClientDisconnected
+        return True
+
+    def _flushed(self) -> int:
+        """Wait until everything written before went out; the client socket's descriptor."""
+        channel = self.channel
+        while True:
+            with channel.outbuf_lock:
+                if not channel.connected:
+                    raise ClientDisconnected
+                if channel.total_outbufs_len:
+                    channel._flush_some(do_close=False)
+                if not channel.total_outbufs_len:
+                    return channel.socket.fileno()
+                target = channel.socket.fileno()
+            events = select.poll()
+            events.register(target, select.POLLOUT)
+            ready = events.poll(channel.adj.channel_timeout * 1000)
+            if not ready:
+                raise ClientDisconnected(f"the client took nothing for {channel.adj.channel_timeout} s")
+            if ready[0][1] & _POLL_TROUBLE:
+                raise ClientDisconnected
+
+
+def _pipe_room(write_end: int) -> int:
+    """Make the pipe RELAY_PIPE long if allowed; its length in bytes."""
+    try:
+        return fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, RELAY_PIPE)
+    except OSError:
+        return fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
 
 
 class JsonErrorTask(ErrorTask):

@@ -8,11 +8,8 @@ descriptor of the file.
 import email.parser
 import os
 import re
-import shutil
-import signal
 import socket
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -76,25 +73,9 @@ def logged(node, status: int) -> list[int]:
     return [int(m.group(1)) for m in re.finditer(rf'"GET /files/big\.bin" {status} (\d+) ', node.log())]
 
 
-def can_strace() -> bool:
-    return shutil.which("strace") is not None and subprocess.run(
-        ["strace", "-qq", "-e", "trace=none", "true"], capture_output=True).returncode == 0
-
-
 def sendfile_bytes(node, tmp_path, request) -> int:
     """Run `request()` under strace -f on the node: the bytes its sendfile() calls sent."""
-    out = tmp_path / "strace.txt"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=sendfile", "-e", "signal=none", "-o", str(out),
-                               "-p", str(node.pid)], stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1)  # attached
-        request()
-        time.sleep(0.5)
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(10)
-    results = [line.rsplit("=", 1)[1].strip() for line in out.read_text().splitlines() if "sendfile(" in line]
-    return sum(int(r) for r in results if r.isdigit())
+    return support.traced_bytes(node.pid, "sendfile", tmp_path / "strace.txt", request)
 
 
 def test_whole_file(node):
@@ -151,7 +132,7 @@ def test_aborted_client(node, reset):
     assert support.http("GET", f"{node.url}/healthz").status == 200
 
 
-@pytest.mark.skipif(not can_strace(), reason="strace is not installed or may not trace here (ptrace refused)")
+@pytest.mark.skipif(not support.can_strace(), reason="strace is not installed or may not trace here (ptrace refused)")
 @pytest.mark.parametrize("range_,length", [(None, SIZE), ("bytes=4096-", SIZE - 4096), ("bytes=100-1123", 1024)],
                          ids=["whole", "open-range", "small-range"])
 def test_strace_shows_sendfile(node, tmp_path, range_, length):
@@ -162,7 +143,7 @@ def test_strace_shows_sendfile(node, tmp_path, range_, length):
     assert sent == length
 
 
-@pytest.mark.skipif(not can_strace(), reason="strace is not installed or may not trace here (ptrace refused)")
+@pytest.mark.skipif(not support.can_strace(), reason="strace is not installed or may not trace here (ptrace refused)")
 def test_multi_range_is_copied_not_sent_by_sendfile(node, tmp_path):
     sent = sendfile_bytes(node, tmp_path, lambda: get(node, b"Range: bytes=0-9,20-29\r\n"))
     assert sent == 0
