@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from processes import Unavailable, process_tree
 
@@ -232,6 +233,7 @@ class Download:
     min_mbps: float = 2.0  # sets the time limit of a run
     codes: tuple = (200,)
     byte_range: str | None = None  # curl -r: a Range request (then `size` is the range's length)
+    repeatable: ClassVar[bool] = True  # --repeat runs make one measurement (runner._measure)
 
     def describe(self) -> str:
         return f"GET {', '.join(self.paths)}" + (f" Range: bytes={self.byte_range}" if self.byte_range else "")
@@ -266,6 +268,7 @@ class Upload:
     size: int
     codes: tuple = (201, 204)
     min_mbps: float = 2.0
+    repeatable: ClassVar[bool] = True
 
     def describe(self) -> str:
         return f"PUT {self.path}"
@@ -290,6 +293,7 @@ class Concurrent:
     clients: int
     size: int
     min_mbps: float = 2.0
+    repeatable: ClassVar[bool] = True
 
     def describe(self) -> str:
         return f"{self.clients} x GET {self.path} at once"

@@ -103,7 +103,9 @@ def render_batch(b: dict) -> str:
 
 def batch_notes(b: dict) -> list[str]:
     load, busy = b["loadavg_1min"], b["cpu_busy_before_rounds"]
-    notes = [f"{b['rounds']} rounds, every system once per round (order rotated each round); MB/s (MB = 10^6 B) "
+    repeat = b.get("repeat", 1)
+    turn = f", {repeat} transfers back to back timed together" if repeat > 1 else ""
+    notes = [f"{b['rounds']} rounds, every system once per round (order rotated each round{turn}); MB/s (MB = 10^6 B) "
              "and '× ref' (the ratio to the reference in the same round) are median (min–max) over the rounds; "
              "CPU s/GiB = utime+stime of the serving process tree over all rounds, per GiB moved.",
              f"Load average (1 min) during the batch: {spread(load, digits=2)}; CPUs busy just before the rounds: "

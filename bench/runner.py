@@ -13,7 +13,9 @@ Theory of operation (why the numbers reproduce on a busy machine):
   1. every row of a batch is started first (a row that cannot start becomes "n/a" with the reason);
   2. then R rounds (--rounds, default 5): each round runs every row once, in an order
      rotated every round (A B C, B C A, C A B, ...), so that a row and its reference always
-     run minutes apart at most and no system is always first or last;
+     run minutes apart at most and no system is always first or last; a row's turn is
+     --repeat transfers back to back (default 3), timed together, so that a round's figure
+     is not a single sub-second transfer that one hiccup of a busy machine decides;
   3. every comparison is made *per round* (row's MB/s in round r / reference's in round r)
      and reported as median (min-max); so are CPU s/GiB;
   4. a target gets a verdict only with at least MIN_ROUNDS rounds and when the spread of the
@@ -207,12 +209,25 @@ def _start_rows(batch: Batch) -> dict[str, System | str]:
     return systems
 
 
-def _run_once(row: Row, system: System) -> dict:
+def _measure(measure, base_url: str, repeat: int) -> m.RunResult:
+    """`repeat` runs of a repeatable measure (one of any other) as one: bytes and seconds summed."""
+    total = m.RunResult()
+    for _ in range(repeat if getattr(measure, "repeatable", False) else 1):
+        res = measure.run(base_url)
+        if res.error:
+            return res
+        total.counted, total.moved, total.seconds = total.counted + res.counted, total.moved + res.moved, \
+            total.seconds + res.seconds
+        total.extra = res.extra
+    return total
+
+
+def _run_once(row: Row, system: System, repeat: int = 1) -> dict:
     for p in [system.proc] + list(system.peers):
         if not p.alive():
             return {"error": f"{p.name} died (status {p.popen.returncode}): {p.tail()}"}
     cpu0 = m.cpu_seconds(system.proc.pid)
-    res = row.measure.run(system.base_url)
+    res = _measure(row.measure, system.base_url, repeat)
     cpu = m.cpu_seconds(system.proc.pid) - cpu0
     if res.error:
         return {"error": res.error}
@@ -226,7 +241,7 @@ def _run_once(row: Row, system: System) -> dict:
 
 
 def _rounds(batch: Batch, systems: dict, rounds: int, wait_idle: float, sampler: m.RssSampler,
-            recs: dict[str, dict]) -> dict:
+            recs: dict[str, dict], repeat: int = 1) -> dict:
     load, busy = [], []
     for r in range(rounds):
         busy.append(m.wait_idle(wait_idle) if wait_idle > 0 else m.cpu_busy(0.3))
@@ -234,7 +249,7 @@ def _rounds(batch: Batch, systems: dict, rounds: int, wait_idle: float, sampler:
         live = [row for row in batch.rows if not recs[row.id]["error"]]
         k = r % len(live) if live else 0
         for row in live[k:] + live[:k]:
-            one = _run_once(row, systems[row.id])
+            one = _run_once(row, systems[row.id], repeat)
             if "error" in one:
                 recs[row.id]["error"] = f"round {r + 1}: {one['error']}"
                 reporting.log(f"  {row.name} ({row.server}): n/a: {recs[row.id]['error']}")
@@ -282,14 +297,15 @@ def run_batch(ws: Workspace, batch: Batch, opts: argparse.Namespace) -> dict:
         live = [row.id for row in batch.rows if not recs[row.id]["error"]]
         reporting.log(f"measuring {len(live)} systems x {rounds} rounds, interleaved")
         with m.RssSampler([systems[i].proc.pid for i in live]) as sampler:
-            load = _rounds(batch, systems, rounds, opts.wait_idle, sampler, recs)
+            load = _rounds(batch, systems, rounds, opts.wait_idle, sampler, recs, opts.repeat)
         for row in batch.rows:
             if row.id in live:
                 _finish_row(row, systems[row.id], recs[row.id], sampler)
     finally:
         ws.stop_batch()
     _judge_all(batch, recs, rounds)
-    return {"title": batch.title, "rounds": rounds, "order": "every row once per round, order rotated each round",
+    return {"title": batch.title, "rounds": rounds, "repeat": opts.repeat,
+            "order": "every row once per round, order rotated each round",
             "notes": list(batch.notes), **load, "rows": [recs[row.id] for row in batch.rows]}
 
 
@@ -330,6 +346,8 @@ def parser(bench: Benchmark) -> argparse.ArgumentParser:
                                 epilog="\n\n".join(bench.doc.split("\n\n")[1:]))
     p.add_argument("--rounds", "--runs", dest="rounds", type=int, default=MIN_ROUNDS,
                    help=f"interleaved rounds; verdicts need at least {MIN_ROUNDS} (default {MIN_ROUNDS})")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="transfers back to back per row and round, timed together (default 3, 1 with --quick)")
     p.add_argument("--threads", type=int, default=DEPLOY_THREADS,
                    help=f"threads of every WSGI server (default {DEPLOY_THREADS}, as deploy/ ships)")
     p.add_argument("--servers", default="waitress,uwsgi,gunicorn", help="WSGI servers to measure the node under")
@@ -359,7 +377,7 @@ def parse(bench: Benchmark, argv: list[str] | None) -> argparse.Namespace:
     opts = p.parse_args(argv)
     if opts.quick:
         given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-        for dest, value in {"rounds": 2, "wait_idle": 0.0, **bench.quick}.items():
+        for dest, value in {"rounds": 2, "wait_idle": 0.0, "repeat": 1, **bench.quick}.items():
             if "--" + dest.replace("_", "-") not in given and not (dest == "rounds" and "--runs" in given):
                 setattr(opts, dest, value)
     opts.server_list = [s.strip() for s in opts.servers.split(",") if s.strip()]
