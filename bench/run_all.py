@@ -5,7 +5,7 @@ How to run (repository root, the venv's python; nginx, haproxy and curl on the P
 
     python bench/run_all.py --quick          # smoke test: small files, 2 rounds, no verdicts (< 3 minutes)
     python bench/run_all.py                  # the recorded run: full sizes, 5 rounds (long: the machine is shared)
-    python bench/run_all.py [--only local,forward,zip,upload,many] [--rounds 5] [--threads 64]
+    python bench/run_all.py [--only local,forward,zip,upload,many] [--rounds 5] [--repeat 3] [--threads 64]
         [--servers waitress,uwsgi,gunicorn] [--size SIZE] [--wait-idle 20] [--out tables.md] [--keep] [--workdir DIR]
     python bench/report.py                   # README's headline table from the newest bench/results/*.json
 
@@ -32,7 +32,7 @@ import upload  # noqa: E402
 from processes import Workspace, install_signal_handlers, stop_all  # noqa: E402
 
 BENCHES = {b.name: b for b in (local_download.BENCH, forward.BENCH, cluster_zip.BENCH, upload.BENCH, many_files.BENCH)}
-PASSED_ON = ("rounds", "threads", "servers", "size", "wait_idle", "results")
+PASSED_ON = ("rounds", "repeat", "threads", "servers", "size", "wait_idle", "results")
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -41,6 +41,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes, 2 rounds: a smoke test")
     p.add_argument("--only", default=",".join(BENCHES), help=f"subset of {','.join(BENCHES)}")
     p.add_argument("--rounds", "--runs", dest="rounds", type=int)
+    p.add_argument("--repeat", type=int, help="transfers back to back per row and round (each benchmark's default: 3)")
     p.add_argument("--threads", type=int)
     p.add_argument("--servers")
     p.add_argument("--size", help="override every benchmark's --size")

@@ -1,8 +1,8 @@
-"""waitress's connection, taught to decide on the request head, spool on the node's disk and sendfile.
+"""waitress's connection, taught to decide on the request head, spool on the node's disk, sendfile and splice.
 
 Theory of operation. waitress reads a request on its I/O thread with one parser per request
 (HTTPRequestParser), then hands the complete request, body included, to a worker thread
-(WSGITask). Three things happen here, each in one small override:
+(WSGITask). Five things happen here, each in one small override:
 
 - **The head decides** (HeadParser.received). When the head is complete and a body follows,
   `Settings.check_head(environ)` (the App's) answers from the head alone: token, route,
@@ -21,6 +21,12 @@ Theory of operation. waitress reads a request on its I/O thread with one parser 
   unreadable, an empty output buffer unwritable. Each splice() to the client is made holding
   the channel's outbuf_lock after checking it is still connected, the lock waitress's own
   handle_close takes before closing the socket.
+- **Large body blocks are sent by the request's thread** (NodeTask.write): a block of at least
+  DIRECT_WRITE bytes goes from the app's bytes straight to the socket (sendmsg(), with a
+  chunked answer's framing around it), once what was queued before went out, waiting for the
+  client as long as waitress's channel_timeout. waitress would copy it into the connection's
+  buffer and out again, and hand it to the I/O thread; the request's thread waited for the
+  client there too (outbuf_high_watermark). Same lock, same rule as the relay.
 - **File bodies go out with sendfile()** (SendfileBuffer, NodeChannel._flush_some): the
   response's `wsgi.file_wrapper` is sent by the I/O thread from the file to the non-blocking
   socket, as much as the socket takes each time it is writable; partial sends, slow clients,
@@ -73,6 +79,8 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 8 << 20
 # Largest count handed to one sendfile() call (it returns early when the socket buffer fills).
 SENDFILE_MAX = 8 << 20
+# Body blocks at least this long are sent by the request's thread itself (NodeTask.write).
+DIRECT_WRITE = 64 << 10
 # The pipe a relay moves bytes through (Linux allows 1 MiB to anyone by default).
 RELAY_PIPE = 1 << 20
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -271,6 +279,60 @@ class NodeTask(WSGITask):
             self.channel.linger_on_close = True
         super().execute()
 
+    # -- large blocks sent by this thread --
+
+    def write(self, data) -> None:
+        if len(data) < DIRECT_WRITE or not self.complete:
+            return super().write(data)
+        super().write(b"")  # the head, if it is not out yet: it decides chunked_response
+        if not self.has_body or (self.content_length is not None
+                                 and self.content_bytes_written + len(data) > self.content_length):
+            return super().write(data)  # bodiless or excess: waitress's rules and warnings
+        self.content_bytes_written += len(data)
+        if self.chunked_response:
+            self._send_all([b"%X\r\n" % len(data), memoryview(data), b"\r\n"])
+        else:
+            self._send_all([memoryview(data)])
+
+    def _send_all(self, pieces: list) -> None:
+        """Send `pieces` (bytes-like) in order with sendmsg(), after what was queued before."""
+        channel = self.channel
+        target = self._flushed()
+        pieces = [piece for piece in pieces if len(piece)]
+        while pieces:
+            with channel.outbuf_lock:  # handle_close (I/O thread) closes the socket holding it
+                if not channel.connected:
+                    raise ClientDisconnected
+                try:
+                    sent = channel.socket.sendmsg(pieces)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    if exc.errno in _DISCONNECTED:
+                        raise ClientDisconnected from exc
+                    raise
+                if sent:
+                    channel.last_activity = time.time()
+            while sent and sent >= len(pieces[0]):
+                sent -= len(pieces.pop(0))
+            if sent:
+                pieces[0] = memoryview(pieces[0])[sent:]
+            if pieces:
+                self._wait_for_client(target)
+
+    def _wait_for_client(self, target: int) -> None:
+        """Wait until the client's socket takes bytes; ClientDisconnected if it left or took nothing for too long."""
+        timeout = self.channel.adj.channel_timeout
+        events = select.poll()
+        events.register(target, select.POLLOUT)
+        ready = events.poll(timeout * 1000)
+        if not ready:
+            log.warning("closing a connection that read nothing for %gs mid-response (%s)", timeout,
+                        self.channel.addr[0])
+            raise ClientDisconnected(f"the client took nothing for {timeout:g} s")
+        if ready[0][1] & _POLL_TROUBLE:
+            raise ClientDisconnected
+
     # -- relaying a socket's bytes to the client with splice() --
 
     def relay(self, source: socket.socket, count: int, progress: Callable[[int], None]) -> tuple[int, str | None]:
@@ -328,7 +390,9 @@ class NodeTask(WSGITask):
                 waits[target] = client_wait
             if not self._wait(waits, target, moved):
                 if in_pipe and time.monotonic() - moved >= client_wait:
-                    raise ClientDisconnected(f"the client took nothing for {client_wait} s")
+                    log.warning("closing a connection that read nothing for %gs mid-response (%s)", client_wait,
+                                self.channel.addr[0])
+                    raise ClientDisconnected(f"the client took nothing for {client_wait:g} s")
                 why = f"sent nothing for {source_wait:g} s"
         return sent, None
 
@@ -373,13 +437,7 @@ class NodeTask(WSGITask):
                 if not channel.total_outbufs_len:
                     return channel.socket.fileno()
                 target = channel.socket.fileno()
-            events = select.poll()
-            events.register(target, select.POLLOUT)
-            ready = events.poll(channel.adj.channel_timeout * 1000)
-            if not ready:
-                raise ClientDisconnected(f"the client took nothing for {channel.adj.channel_timeout} s")
-            if ready[0][1] & _POLL_TROUBLE:
-                raise ClientDisconnected
+            self._wait_for_client(target)
 
 
 def _pipe_room(write_end: int) -> int:

@@ -290,6 +290,42 @@ def test_nodes_of_a_killed_demo_exit_by_themselves(demo):
     assert demo.output().count("the demo (pid") == 3
 
 
+def test_client_that_stops_reading_a_generated_body_is_cut(tmp_path):
+    """A multi-range answer is a generator whose blocks the request's thread sends itself."""
+    node = start_node(tmp_path, "--client-timeout", "2")
+    try:
+        s = Client()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((node.host, node.port))
+        s.sendall(b"GET /files/big.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9,100-8000000\r\n\r\n")
+        time.sleep(4)
+        assert "closing a connection that read nothing for 2s mid-response" in node.log()
+        assert len(read_all(s, timeout=5)) < 8 << 20  # cut, not completed
+        conn = http.client.HTTPConnection(node.host, node.port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+    finally:
+        node.stop()
+
+
+def test_slow_reader_of_a_generated_body_gets_every_byte(tmp_path):
+    node = start_node(tmp_path)
+    try:
+        s = Client()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+        s.connect((node.host, node.port))
+        s.sendall(b"GET /files/big.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9,100-\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(64 << 10):
+            raw += chunk
+            time.sleep(0.001)
+        whole = (node.root / "big.bin").read_bytes()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 206") and whole[:10] in body and body.count(whole[100:]) == 1
+    finally:
+        node.stop()
+
+
 def test_client_that_stops_reading_is_cut_and_frees_its_thread(tmp_path):
     node = start_node(tmp_path, "--client-timeout", "2")
     node_threads = 4
