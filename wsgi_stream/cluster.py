@@ -9,7 +9,6 @@ plan cuts the client's connection (StreamBroken) instead of sending a wrong arch
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ from .batch import BATCHED_SIZE, PeerFiles, Wanted, single_file
 from .config import LocalNode
 from .crc import CrcCache, RunningCrc, file_key
 from .errors import ApiError, BadGateway, NotFound, RangeNotSatisfiable, StreamBroken
+from .memory import release_memory
 from .paths import clean_relpath
 from .peers import PeerClient, TooSlow, quote_path
 from .plan import (
@@ -49,18 +49,6 @@ log = logging.getLogger("wsgi_stream.cluster")
 REPORT_NAME = "_cluster.json"
 REPORT_BLOCK = 64 * 1024
 BIG_PLAN = 10_000  # members; after an archive this big, freed memory is handed back to the system
-
-try:  # glibc keeps the pages a big plan freed; malloc_trim() returns them (other C libraries: nothing to do)
-    _malloc_trim = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError):
-    _malloc_trim = None
-
-
-def release_memory() -> None:
-    """Give memory freed by the C allocator back to the system, where it can (glibc)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
 
 # -- the members' bytes --------------------------------------------------------------------------
 

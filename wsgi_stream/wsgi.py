@@ -6,6 +6,7 @@ import sys
 
 from .app import make_app
 from .config import ConfigError
+from .memory import limit_malloc_arenas
 
 
 def _from_environment():
@@ -23,4 +24,5 @@ def _from_environment():
         sys.exit(f"wsgi_stream: {exc}")
 
 
+limit_malloc_arenas()  # uwsgi and gunicorn load the app before their threads allocate (deploy/)
 application = _from_environment()
