@@ -300,19 +300,7 @@ class NodeTask(WSGITask):
         target = self._flushed()
         pieces = [piece for piece in pieces if len(piece)]
         while pieces:
-            with channel.outbuf_lock:  # handle_close (I/O thread) closes the socket holding it
-                if not channel.connected:
-                    raise ClientDisconnected
-                try:
-                    sent = channel.socket.sendmsg(pieces)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    if exc.errno in _DISCONNECTED:
-                        raise ClientDisconnected from exc
-                    raise
-                if sent:
-                    channel.last_activity = time.time()
+            sent = self._to_client(functools.partial(channel.socket.sendmsg, pieces))
             while sent and sent >= len(pieces[0]):
                 sent -= len(pieces.pop(0))
             if sent:
@@ -327,11 +315,32 @@ class NodeTask(WSGITask):
         events.register(target, select.POLLOUT)
         ready = events.poll(timeout * 1000)
         if not ready:
-            log.warning("closing a connection that read nothing for %gs mid-response (%s)", timeout,
-                        self.channel.addr[0])
-            raise ClientDisconnected(f"the client took nothing for {timeout:g} s")
+            raise self._stalled(timeout)
         if ready[0][1] & _POLL_TROUBLE:
             raise ClientDisconnected
+
+    def _stalled(self, timeout: float) -> ClientDisconnected:
+        log.warning("closing a connection that read nothing for %gs mid-response (%s)", timeout,
+                    self.channel.addr[0])
+        return ClientDisconnected(f"the client took nothing for {timeout:g} s")
+
+    def _to_client(self, send: Callable[[], int]) -> int:
+        """`send()` bytes to the client now: what it took, 0 when its socket is full."""
+        channel = self.channel
+        with channel.outbuf_lock:  # handle_close (I/O thread) closes the socket holding it
+            if not channel.connected:
+                raise ClientDisconnected
+            try:
+                sent = send()
+            except BlockingIOError:
+                return 0
+            except OSError as exc:
+                if exc.errno in _DISCONNECTED:
+                    raise ClientDisconnected from exc
+                raise
+            if sent:
+                channel.last_activity = time.time()
+            return sent
 
     # -- relaying a socket's bytes to the client with splice() --
 
@@ -376,7 +385,7 @@ class NodeTask(WSGITask):
                     moved = time.monotonic()
                     continue
             if in_pipe:
-                out = self._splice_to_client(read_end, target, in_pipe)
+                out = self._to_client(functools.partial(os.splice, read_end, target, in_pipe, flags=_SPLICE_FLAGS))
                 if out:
                     in_pipe, sent = in_pipe - out, sent + out
                     self.content_bytes_written += out
@@ -390,27 +399,9 @@ class NodeTask(WSGITask):
                 waits[target] = client_wait
             if not self._wait(waits, target, moved):
                 if in_pipe and time.monotonic() - moved >= client_wait:
-                    log.warning("closing a connection that read nothing for %gs mid-response (%s)", client_wait,
-                                self.channel.addr[0])
-                    raise ClientDisconnected(f"the client took nothing for {client_wait:g} s")
+                    raise self._stalled(client_wait)
                 why = f"sent nothing for {source_wait:g} s"
         return sent, None
-
-    def _splice_to_client(self, read_end: int, target: int, count: int) -> int:
-        channel = self.channel
-        with channel.outbuf_lock:  # handle_close (I/O thread) closes the socket holding it
-            if not channel.connected:
-                raise ClientDisconnected
-            try:
-                out = os.splice(read_end, target, count, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                return 0
-            except OSError as exc:
-                if exc.errno in _DISCONNECTED:
-                    raise ClientDisconnected from exc
-                raise
-            channel.last_activity = time.time()
-            return out
 
     def _wait(self, waits: dict[int, float], target: int, moved: float) -> bool:
         """Wait until one of `waits` (fd: seconds since `moved`) is ready; False when the nearest ran out."""

@@ -58,18 +58,15 @@ def data(hop) -> bytes:
 def get(a, extra: bytes = b"", rcvbuf=None, pause: float = 0.0) -> tuple[int, dict, bytes, bool]:
     """GET big.bin of b through a on a raw socket: status, headers, body, and whether it was all there."""
     with support.raw_get(a, "/nodes/b/files/big.bin", b"Connection: close\r\n" + extra, rcvbuf) as s:
-        raw = b""
+        status, headers, body = support.read_head(s)
         try:
             while chunk := s.recv(256 << 10):
-                raw += chunk
+                body += chunk
                 if pause:
                     time.sleep(pause)
         except ConnectionError:
             pass
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body, len(body) == int(headers["content-length"])
+    return status, headers, body, len(body) == int(headers["content-length"])
 
 
 def logged(a, status: int) -> list[int]:
